@@ -1,0 +1,120 @@
+"""The contract every model in `exvae_fast.models` follows.
+
+A model is an encoder/decoder pair with one *top* stochastic layer whose prior is
+pluggable (`exvae_fast.priors`). Everything below the top layer (for the two-level
+models: q(z1 | x, z2) and p(z1 | z2)) is part of the model itself.
+
+Shapes: images travel flattened, x [B, D] with D = C*H*W, values in [0, 1]
+(binary for Bernoulli models). Latents are [B, d] with d = `latent_dim`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..priors.base import Prior
+
+
+@dataclass
+class PosteriorSample:
+    """One reparameterised posterior sample per row and the prior-free ELBO terms.
+
+    z, mu, log_var: [B, d] top-level sample, posterior mean and log-variance.
+    log_q_z: [B] log q(z_top | x) in nats.
+    log_px: [B] log p(x | latents) in nats.
+    log_ratio_lower: [B] log p(z1 | z2) - log q(z1 | x, z2) (zeros for one-layer models).
+    """
+
+    z: Tensor
+    mu: Tensor
+    log_var: Tensor
+    log_q_z: Tensor
+    log_px: Tensor
+    log_ratio_lower: Tensor
+
+
+@dataclass
+class ELBOTerms:
+    """Per-example ELBO pieces in nats, each [B]: elbo = recon - kl."""
+
+    recon: Tensor
+    kl: Tensor
+
+    @property
+    def elbo(self) -> Tensor:
+        return self.recon - self.kl
+
+
+class LatentVariableModel(nn.Module):
+    """Base class: subclasses implement `encode`, `posterior_sample` and `decode`.
+
+    Attributes set by subclasses: `input_shape` (C, H, W), `latent_dim` (top layer d),
+    `likelihood` ("bernoulli" or "logistic").
+    """
+
+    input_shape: tuple[int, int, int]
+    latent_dim: int
+    likelihood: str
+
+    def __init__(self, prior: Prior) -> None:
+        super().__init__()
+        if not isinstance(prior, Prior):
+            raise TypeError(f"prior: expected an exvae_fast.priors.Prior, got {type(prior).__name__}")
+        self.prior = prior
+
+    @property
+    def input_dim(self) -> int:
+        c, h, w = self.input_shape
+        return c * h * w
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Top-level posterior q(z | x): x [B, D] -> (mu [B, d], log_var [B, d])."""
+        raise NotImplementedError
+
+    def posterior_sample(self, x: Tensor) -> PosteriorSample:
+        """Draw one reparameterised sample of every latent layer for each row of x [B, D]."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Top-level latents z [B, d] -> image [B, D] in [0, 1] (mean of p(x | z); for
+        two-level models z1 is drawn from p(z1 | z2); autoregressive decoders sample)."""
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor, name: str = "x") -> None:
+        """Raise a clear error unless x is a finite floating [B, D] tensor on this model's device."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(f"{name}: expected shape [B, {self.input_dim}], got {list(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name}: empty batch")
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
+        device = next(self.parameters()).device
+        if x.device != device:
+            raise ValueError(f"{name}: on {x.device}, but the model is on {device}")
+
+    def forward(self, x: Tensor, indices: Tensor | None = None) -> ELBOTerms:
+        """Single-sample ELBO terms for x [B, D].
+
+        indices: LongTensor [B], positions of the rows of x in the training set; the
+        exemplar prior needs them for leave-one-out and cache write-back in training.
+        """
+        self.check_input(x)
+        s = self.posterior_sample(x)
+        log_prior = self.prior.log_prob(s.z, encoder=self.encode, query=s.mu, indices=indices)
+        kl = s.log_q_z - s.log_ratio_lower - log_prior
+        return ELBOTerms(recon=s.log_px, kl=kl)
+
+    def log_importance_weights(self, x: Tensor) -> Tensor:
+        """log w = log p(x, latents) - log q(latents | x) for one sample per row: [B]."""
+        s = self.posterior_sample(x)
+        log_prior = self.prior.log_prob(s.z, encoder=self.encode, query=s.mu)
+        return s.log_px + s.log_ratio_lower + log_prior - s.log_q_z
+
+
+def reparameterize(mu: Tensor, log_var: Tensor) -> Tensor:
+    """z = mu + exp(log_var / 2) * eps, eps ~ N(0, I); same shape as mu."""
+    return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
