@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..priors.base import Prior
+from ..priors.base import Prior, check_count
+
+LIKELIHOODS = ("bernoulli", "logistic")
+"""p(x | z): Bernoulli for binary images, discretised logistic for grey/colour ones."""
 
 
 @dataclass
@@ -51,7 +54,7 @@ class LatentVariableModel(nn.Module):
     """Base class: subclasses implement `encode`, `posterior_sample` and `decode`.
 
     Attributes set by subclasses: `input_shape` (C, H, W), `latent_dim` (top layer d),
-    `likelihood` ("bernoulli" or "logistic").
+    `likelihood` ("bernoulli" or "logistic"), all through `configure`.
     """
 
     input_shape: tuple[int, int, int]
@@ -63,6 +66,22 @@ class LatentVariableModel(nn.Module):
         if not isinstance(prior, Prior):
             raise TypeError(f"prior: expected an exvae_fast.priors.Prior, got {type(prior).__name__}")
         self.prior = prior
+
+    def configure(self, input_shape: tuple[int, int, int], latent_dim: int, likelihood: str) -> None:
+        """Validate and set `input_shape` (C, H, W), `latent_dim` (must equal the prior's)
+        and `likelihood` (one of LIKELIHOODS); every model calls this first."""
+        shape = tuple(input_shape)
+        if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+            raise ValueError(f"input_shape: expected three positive ints (C, H, W), got {input_shape!r}")
+        check_count(latent_dim, "latent_dim")
+        if latent_dim != self.prior.latent_dim:
+            raise ValueError(f"latent_dim: the model's top layer has {latent_dim} dimensions but the prior "
+                             f"has {self.prior.latent_dim}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood: expected one of {LIKELIHOODS}, got {likelihood!r}")
+        self.input_shape = shape
+        self.latent_dim = latent_dim
+        self.likelihood = likelihood
 
     @property
     def input_dim(self) -> int:
@@ -95,6 +114,18 @@ class LatentVariableModel(nn.Module):
         device = next(self.parameters()).device
         if x.device != device:
             raise ValueError(f"{name}: on {x.device}, but the model is on {device}")
+
+    def check_latents(self, z: Tensor, name: str = "z") -> None:
+        """Raise a clear error unless z is a floating [B, latent_dim] tensor on this model's device."""
+        if not isinstance(z, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(z).__name__}")
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"{name}: expected shape [B, {self.latent_dim}], got {list(z.shape)}")
+        if not z.is_floating_point():
+            raise TypeError(f"{name}: expected a floating dtype, got {z.dtype}")
+        device = next(self.parameters()).device
+        if z.device != device:
+            raise ValueError(f"{name}: on {z.device}, but the model is on {device}")
 
     def forward(self, x: Tensor, indices: Tensor | None = None) -> ELBOTerms:
         """Single-sample ELBO terms for x [B, D].

@@ -1,0 +1,31 @@
+# Two commands on a fresh machine (Python 3.11, no GPU): `make demo` and `make test`.
+# Both create .venv on first use and install what they need. torch is pinned to the
+# CPU build 2.13.0; on a machine that already has a CUDA torch, set TORCH_SPEC="" to keep it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=23" "setuptools>=64" wheel
+	$(if $(TORCH_SPEC),$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)")
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Train an Exemplar VAE (retrieval mode) on the embedded mnist-5k digits, evaluate it and
+# write runs/mnist-5k-demo/ (checkpoints, metrics.json, loss_curve.png, samples.png,
+# exemplar_samples.png).
+demo: $(STAMP)
+	$(PY) -m exvae_fast train --config configs/mnist-5k-demo.toml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

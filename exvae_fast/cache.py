@@ -1,0 +1,137 @@
+"""LatentCache: the posterior means mu_phi(x_n) of the whole training set, for retrieval."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .ops import cache_update_, knn_search
+from .ops.validation import CACHE_DTYPES, check_int, check_tensor
+
+
+class LatentCache(nn.Module):
+    """Posterior means of N training examples, with per-row squared norms and write stamps.
+
+    All state lives in buffers, so it moves with `.to(device)` and is saved in `state_dict`
+    (checkpoints hold the cache). The storage dtype is fixed at construction: module-wide
+    casts such as `model.double()` move the buffers but keep their dtypes.
+
+    Buffers: means [N, d] (storage dtype), sq_norms [N] float32 (squared norm of each stored
+    row), stamps [N] int64 (step at which the row was last written; -1: never written).
+    """
+
+    means: Tensor
+    sq_norms: Tensor
+    stamps: Tensor
+
+    def __init__(self, num_items: int, dim: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> None:
+        super().__init__()
+        check_int(num_items, "num_items", 1)
+        check_int(dim, "dim", 1)
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype: expected a torch.dtype, got {type(dtype).__name__}")
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"dtype: expected one of {', '.join(map(str, CACHE_DTYPES))}, got {dtype}")
+        self.register_buffer("means", torch.zeros(num_items, dim, dtype=dtype, device=device))
+        self.register_buffer("sq_norms", torch.zeros(num_items, dtype=torch.float32, device=device))
+        self.register_buffer("stamps", torch.full((num_items,), -1, dtype=torch.int64, device=device))
+        self.register_buffer("_step", torch.zeros((), dtype=torch.int64, device=device))
+        # host copy of _step, so reading the step never synchronises an accelerator
+        self._host_step = 0
+        self.register_load_state_dict_post_hook(_reload_host_step)
+
+    @property
+    def num_items(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def step(self) -> int:
+        """Current training step (number of `advance` calls, summed)."""
+        return self._host_step
+
+    def advance(self, steps: int = 1) -> None:
+        """Move the step counter forward; the trainer calls it once per optimisation step."""
+        check_int(steps, "steps", 0)
+        self._host_step += steps
+        self._step.fill_(self._host_step)
+
+    def update_(self, indices: Tensor, values: Tensor) -> None:
+        """Write values [K, d] (detached) at rows indices (int64 [K]); the last duplicate wins.
+        Updates sq_norms and stamps (to the current step) of the written rows."""
+        check_tensor(values, "values")
+        cache_update_(self.means, indices, values.detach(), norms=self.sq_norms,
+                      stamps=self.stamps, step=self.step)
+
+    def refresh_(self, encode: Callable[[Tensor], Tensor], data: Tensor, batch_size: int = 1000,
+                 progress: bool = False) -> None:
+        """Recompute every row: means[i:i+bs] = encode(data[i:i+bs]) under torch.no_grad().
+
+        data: [N, ...], indexed along dim 0 (may live on another device: each batch is moved
+        to the cache's device before `encode`). encode: batch -> [bs, d] posterior means.
+        Train/eval modes are left as they are (the caller chooses). progress: tqdm bar.
+        """
+        check_tensor(data, "data")
+        check_int(batch_size, "batch_size", 1)
+        if data.dim() == 0 or data.shape[0] != self.num_items:
+            raise ValueError(f"data: expected shape [{self.num_items}, ...] (one row per cache "
+                             f"item), got {list(data.shape)}")
+        device = self.means.device
+        with torch.no_grad():
+            for start in tqdm(range(0, self.num_items, batch_size), disable=not progress,
+                              desc="refreshing latent cache", unit="batch"):
+                stop = min(start + batch_size, self.num_items)
+                encoded = encode(data[start:stop].to(device))
+                self.update_(torch.arange(start, stop, device=device), encoded)
+
+    def knn(self, queries: Tensor, k: int, candidates: Tensor | None = None,
+            exclude: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
+        """`knn_search` over the cached means: (sq_dists [B, k] float32, indices [B, k] int64).
+        Rows never written hold zeros: call `check_complete` first where that matters."""
+        return knn_search(queries, self.means, k, candidates=candidates, exclude=exclude,
+                          backend=backend)
+
+    @property
+    def is_complete(self) -> bool:
+        """True when every row has been written at least once."""
+        return bool((self.stamps >= 0).all())
+
+    def check_complete(self) -> None:
+        """ValueError unless every row has been written at least once."""
+        missing = int((self.stamps < 0).sum())
+        if missing:
+            raise ValueError(f"LatentCache: {missing} of {self.num_items} rows were never "
+                             "written; call refresh_ first")
+
+    def staleness(self) -> Tensor:
+        """[N] int64: steps since each row was last written; -1 for rows never written."""
+        return torch.where(self.stamps >= 0, self.step - self.stamps, -1)
+
+    def mean_staleness(self) -> float:
+        """Mean staleness in steps over the written rows; nan when none was written."""
+        written = self.stamps >= 0
+        if not bool(written.any()):
+            return float("nan")
+        return float((self.step - self.stamps[written]).double().mean())
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> "LatentCache":
+        # keep every buffer's dtype under module-wide casts (model.double(), .half(), .to(dtype)):
+        # fn only tells where the buffer goes
+        for name, buf in self._buffers.items():
+            moved = fn(buf)
+            self._buffers[name] = moved if moved.dtype == buf.dtype else buf.to(moved.device)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"num_items={self.num_items}, dim={self.dim}, dtype={self.means.dtype}"
+
+
+def _reload_host_step(module: LatentCache, incompatible_keys: object) -> None:
+    """After load_state_dict, take the step from the loaded buffer."""
+    module._host_step = int(module._step)

@@ -1,0 +1,186 @@
+"""`exvae` command line: train | evaluate | sample | augment.
+
+Errors in the user's input are printed as one line (no traceback) and exit with 2;
+a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .train.config import RunConfig, apply_overrides, load_config, validate_config
+
+SAMPLE_KINDS = ("unconditional", "exemplar", "iterative")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: train, evaluate, sample, augment.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="train a model (then evaluate it and draw pictures)")
+    tr.add_argument("--config", type=Path, help="TOML run config (see configs/); default: built-in defaults")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+    tr.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    tr.add_argument("--device", help="shortcut for --set train.device=D (cpu, cuda, cuda:1)")
+    tr.add_argument("--backend", help="ops backend for the whole run: auto, torch, triton, cpp")
+    tr.add_argument("--seed", type=int, help="shortcut for --set train.seed=S")
+    tr.add_argument("--name", help="run name (folder under out_dir)")
+    tr.add_argument("--out-dir", help="parent folder of the run folder")
+    tr.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR exactly from its last checkpoint")
+    tr.add_argument("--no-eval", action="store_true", help="skip the final test evaluation and pictures")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("evaluate", help="evaluate a run folder: ELBO, KL/reconstruction, IWAE log-likelihood")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--checkpoint", default="best", help="best or last")
+    ev.add_argument("--split", default="test", help="test or val")
+    ev.add_argument("--iw-samples", type=int, help="importance samples per point (default: the run's config)")
+    ev.add_argument("--device", help="evaluate on this device instead of the run's")
+    ev.add_argument("--no-pictures", action="store_true")
+    ev.add_argument("--no-progress", action="store_true")
+
+    sa = sub.add_parser("sample", help="draw samples from a trained run into a PNG grid")
+    sa.add_argument("run_dir", type=Path)
+    sa.add_argument("--kind", default="unconditional", help=f"one of {', '.join(SAMPLE_KINDS)}")
+    sa.add_argument("--n", type=int, default=10, help="rows (exemplars / chains); 100 images for unconditional")
+    sa.add_argument("--per-row", type=int, default=10, help="samples per exemplar, or steps of iterative generation")
+    sa.add_argument("--from-noise", action="store_true", help="iterative generation starting from uniform noise")
+    sa.add_argument("--out", type=Path, required=True, help="output PNG")
+    sa.add_argument("--checkpoint", default="best")
+    sa.add_argument("--device")
+    sa.add_argument("--seed", type=int, default=0)
+
+    au = sub.add_parser("augment", help="write exemplar-conditioned samples of the training set (.npz)")
+    au.add_argument("run_dir", type=Path)
+    au.add_argument("--per-example", type=int, default=1, help="samples per training image")
+    au.add_argument("--out", type=Path, required=True, help="output .npz (images uint8, labels)")
+    au.add_argument("--checkpoint", default="best")
+    au.add_argument("--device")
+    au.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> RunConfig:
+    if args.resume is not None:
+        from .train.loop import load_run_config
+
+        cfg = load_run_config(args.resume)
+    else:
+        cfg = load_config(args.config) if args.config is not None else RunConfig()
+    overrides = list(args.overrides)
+    shortcuts = {"train.epochs": args.epochs, "train.device": args.device, "prior.backend": args.backend,
+                 "train.seed": args.seed, "name": args.name, "out_dir": args.out_dir}
+    overrides += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    cfg = apply_overrides(cfg, overrides)
+    if args.resume is not None and Path(cfg.out_dir) / cfg.name != args.resume:
+        # A run folder can be moved: resume in place.
+        cfg.out_dir, cfg.name = str(args.resume.parent), args.resume.name
+    validate_config(cfg)
+    return cfg
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .report import evaluate_run
+    from .train.loop import Trainer
+
+    cfg = _train_config(args)
+    trainer = Trainer(cfg, progress=not args.no_progress)
+    summary = trainer.fit(resume=args.resume is not None)
+    print(f"trained {summary.epochs_completed} epochs in {summary.seconds:.1f} s; best validation ELBO "
+          f"{summary.best_val_elbo:.3f} at epoch {summary.best_epoch}"
+          f"{' (early stop)' if summary.stopped_early else ''}; run folder: {summary.run_dir}")
+    if not args.no_eval:
+        _print_metrics(evaluate_run(summary.run_dir, progress=not args.no_progress))
+    return 0
+
+
+def _print_metrics(m: dict) -> None:
+    line = (f"{m['split']} ELBO {m['elbo']:.3f} (KL {m['kl']:.3f}, neg. reconstruction {m['neg_recon']:.3f}); "
+            f"log-likelihood ({m['iw_samples']} importance samples) {m['log_likelihood']:.3f}; "
+            f"active units {m['active_units']}/{m['latent_dim']}")
+    if "bits_per_dim" in m:
+        line += f"; {m['bits_per_dim']:.4f} bits/dim"
+    print(line)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .report import evaluate_run
+
+    _print_metrics(evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split,
+                                iw_samples=args.iw_samples, device=args.device,
+                                pictures=not args.no_pictures, progress=not args.no_progress))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .generation import exemplar_conditioned_samples, iterative_generation, sample_images
+    from .plots import save_image_grid
+    from .report import load_trained
+
+    if args.kind not in SAMPLE_KINDS:
+        raise ValueError(f"--kind: expected one of {SAMPLE_KINDS}, got {args.kind!r}")
+    if args.n < 1 or args.per_row < 1:
+        raise ValueError("--n and --per-row: expected positive integers")
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    torch.manual_seed(args.seed)
+    device = cfg.train.device
+    picks = torch.randperm(data.train.shape[0])[: args.n]
+    if args.kind == "unconditional":
+        images = sample_images(model, args.n * args.per_row).reshape(args.n, args.per_row, -1)
+    elif args.kind == "exemplar":
+        exemplars = data.train[picks].to(device)
+        samples = exemplar_conditioned_samples(model, exemplars, args.per_row)
+        images = torch.cat([exemplars.unsqueeze(1), samples], dim=1)
+    else:
+        start = torch.rand(args.n, model.input_dim) if args.from_noise else data.train[picks]
+        images = iterative_generation(model, start.to(device), args.per_row).transpose(0, 1)
+    save_image_grid(images.cpu(), model.input_shape, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_augment(args: argparse.Namespace) -> int:
+    from .generation import augment_dataset, save_augmented
+    from .report import load_trained
+
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    torch.manual_seed(args.seed)
+    images, labels = augment_dataset(model, data.train.to(cfg.train.device), data.train_labels,
+                                     args.per_example, batch_size=cfg.train.eval_batch_size)
+    save_augmented(args.out, images.cpu(), None if labels is None else labels.cpu())
+    print(f"wrote {images.shape[0]} augmented images to {args.out}")
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "augment": _cmd_augment}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `exvae` and `python -m exvae_fast`; returns the exit status."""
+    from .train.loop import TrainingDiverged
+
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TrainingDiverged as err:
+        print(f"exvae {args.command}: training diverged: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        if os.environ.get("EXVAE_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"exvae {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"exvae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

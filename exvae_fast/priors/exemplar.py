@@ -1,0 +1,175 @@
+"""The Exemplar VAE prior (paper eq. 5, Algorithm 1).
+
+    r(z) = 1/M' sum_{j in pi, j != i} N(z | mu_phi(x_j), sigma^2 I)
+
+with mu_phi the model's encoder mean, sigma^2 = exp(log_var) one learned scalar, pi a
+random subset of M exemplars redrawn every training step and i the training example
+itself (leave-one-out). Two training modes:
+
+- "exact": encode all M exemplars of pi with gradient and use the full mixture.
+- "retrieval" (Algorithm 1): find the k nearest cached means of each posterior mean
+  among pi (self excluded), re-encode only the union U of those neighbours with
+  gradient, and approximate r(z_b) by 1/M sum_{j in U, j != i_b} N(z_b | mu_j, sigma^2 I);
+  fresh means are written back to the cache.
+
+In evaluation (module in eval mode) the exemplar set is the whole training set, with
+no leave-one-out, read from the latent cache, which must have been refreshed with
+`refresh(encoder)` (the trainer does this once per epoch).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..cache import LatentCache
+from .base import Encoder, Prior, check_count
+
+MODES = ("exact", "retrieval")
+
+
+class ExemplarPrior(Prior):
+    """Exemplar prior over `exemplars` [N, D] (the non-binarised training images).
+
+    num_exemplars: M, the per-step sub-sample (default: half the exemplars, paper L.2).
+    k: neighbours per row in retrieval mode (paper: 10; 5 for CelebA).
+    init_log_var: starting value of log sigma^2.
+    backend: ops backend ("auto" | "torch" | "triton" | "cpp") for every op call.
+    """
+
+    def __init__(self, exemplars: Tensor, latent_dim: int, *, mode: str = "retrieval",
+                 num_exemplars: int | None = None, k: int = 10, leave_one_out: bool = True,
+                 init_log_var: float = 0.0, backend: str = "auto",
+                 cache_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not isinstance(exemplars, Tensor) or exemplars.dim() != 2 or not exemplars.is_floating_point():
+            raise ValueError("exemplars: expected a floating tensor of shape [N, D]")
+        num_items = exemplars.shape[0]
+        if num_items < 2:
+            raise ValueError(f"exemplars: expected at least 2 rows, got {num_items}")
+        if not torch.isfinite(exemplars).all():
+            raise ValueError("exemplars: contains NaN/Inf")
+        if mode not in MODES:
+            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        self.latent_dim = check_count(latent_dim, "latent_dim")
+        self.mode = mode
+        self.num_exemplars = num_items // 2 if num_exemplars is None else check_count(num_exemplars, "num_exemplars")
+        if self.num_exemplars > num_items:
+            raise ValueError(f"num_exemplars: expected at most the {num_items} exemplars, got {self.num_exemplars}")
+        self.k = check_count(k, "k")
+        available = self.num_exemplars - int(leave_one_out)
+        if mode == "retrieval" and self.k > available:
+            raise ValueError(f"k: expected at most {available} (num_exemplars"
+                             f"{' - 1 for leave-one-out' if leave_one_out else ''}), got {self.k}")
+        self.leave_one_out = leave_one_out
+        self.backend = backend
+        self.log_var = nn.Parameter(torch.tensor(float(init_log_var)))
+        # Not persistent: the images come from the data set, not from checkpoints.
+        self.register_buffer("exemplars", exemplars.detach(), persistent=False)
+        self.cache = LatentCache(num_items, latent_dim, dtype=cache_dtype, device=exemplars.device)
+
+    @property
+    def num_items(self) -> int:
+        return self.exemplars.shape[0]
+
+    def refresh(self, encoder: Encoder, batch_size: int = 1000) -> None:
+        """Re-encode every exemplar into the cache (no gradient, mode unchanged)."""
+        self.cache.refresh_(lambda x: encoder(x)[0], self.exemplars, batch_size)
+
+    def log_prob(self, z: Tensor, *, encoder: Encoder | None = None,
+                 query: Tensor | None = None, indices: Tensor | None = None) -> Tensor:
+        self.check_latents(z)
+        if not self.training:
+            self.cache.check_complete()
+            return ops.mixture_log_density(z, self.cache.means, self.log_var, backend=self.backend)
+        if encoder is None:
+            raise ValueError("encoder: the exemplar prior needs the model's encoder in training")
+        indices = self._check_indices(indices, z.shape[0])
+        if self.mode == "exact":
+            return self._log_prob_exact(z, encoder, query, indices)
+        if query is None:
+            raise ValueError("query: retrieval mode needs the batch's posterior means [B, d]")
+        return self._log_prob_retrieval(z, encoder, query.detach(), indices)
+
+    def _check_indices(self, indices: Tensor | None, batch: int) -> Tensor | None:
+        if indices is None:
+            if self.leave_one_out or self.mode == "retrieval":
+                raise ValueError("indices: training needs the batch's training-set indices [B] "
+                                 "(leave-one-out and cache write-back)")
+            return None
+        if indices.dtype != torch.int64 or indices.shape != (batch,):
+            raise ValueError(f"indices: expected an int64 tensor of shape [{batch}], got "
+                             f"{indices.dtype} {list(indices.shape)}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_items):
+            raise ValueError(f"indices: expected values in [0, {self.num_items}), got "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return indices.to(self.exemplars.device)
+
+    def _draw_subset(self) -> Tensor:
+        """pi: M distinct exemplar indices, redrawn every step."""
+        return torch.randperm(self.num_items, device=self.exemplars.device)[: self.num_exemplars]
+
+    def _positions(self, members: Tensor, indices: Tensor | None) -> Tensor | None:
+        """Position of each indices[b] within `members` (-1 where absent), or None
+        without leave-one-out."""
+        if indices is None or not self.leave_one_out:
+            return None
+        where = torch.full((self.num_items,), -1, dtype=torch.int64, device=members.device)
+        where[members] = torch.arange(members.numel(), device=members.device)
+        return where[indices]
+
+    def _log_prob_exact(self, z: Tensor, encoder: Encoder, query: Tensor | None,
+                        indices: Tensor | None) -> Tensor:
+        subset = self._draw_subset()
+        means = encoder(self.exemplars[subset])[0]
+        exclude = self._positions(subset, indices)
+        log_r = ops.mixture_log_density(z, means, self.log_var, exclude=exclude, backend=self.backend)
+        self.cache.update_(subset, means.detach())  # free write-back: keeps the cache fresh
+        if query is not None and indices is not None:
+            self.cache.update_(indices, query.detach())
+        return log_r
+
+    def _log_prob_retrieval(self, z: Tensor, encoder: Encoder, query: Tensor, indices: Tensor) -> Tensor:
+        self.cache.check_complete()
+        # The batch's own fresh means go in first, so that rows of this batch find each
+        # other with up-to-date positions; self-matches are excluded by the search.
+        self.cache.update_(indices, query)
+        subset = self._draw_subset()
+        exclude = indices if self.leave_one_out else None
+        _, neighbours = self.cache.knn(query, self.k, candidates=subset, exclude=exclude, backend=self.backend)
+        union = torch.unique(neighbours)  # sorted; each neighbour re-encoded once
+        means = encoder(self.exemplars[union])[0]
+        self.cache.update_(union, means.detach())
+        exclude_in_union = self._positions(union, indices)
+        log_mixture = ops.mixture_log_density(z, means, self.log_var, exclude=exclude_in_union,
+                                              backend=self.backend)
+        # mixture_log_density averages over the U'_b members taking part; Algorithm 1
+        # divides the sum by M (M - 1 when the row's own exemplar is in pi).
+        taking_part = torch.full_like(log_mixture, float(union.numel()))
+        total = torch.full_like(log_mixture, float(self.num_exemplars))
+        if exclude_in_union is not None:
+            taking_part = taking_part - (exclude_in_union >= 0).to(log_mixture.dtype)
+            in_subset = self._positions(subset, indices) >= 0
+            total = total - in_subset.to(log_mixture.dtype)
+        return log_mixture + torch.log(taking_part) - torch.log(total)
+
+    def sample(self, n: int, *, encoder: Encoder | None = None) -> Tensor:
+        """Pick n exemplars uniformly and draw z ~ N(mu_j, sigma^2 I) from the cache: [n, d]."""
+        check_count(n, "n")
+        self.cache.check_complete()
+        with torch.no_grad():
+            which = torch.randint(self.num_items, (n,), device=self.cache.means.device)
+            means = self.cache.means[which].float()
+            return means + torch.exp(0.5 * self.log_var) * torch.randn_like(means)
+
+    def sample_near(self, mu: Tensor, log_var: Tensor, n: int) -> Tensor:
+        """Exemplar-conditioned draws z ~ N(mu_e, sigma^2 I): [E, n, d] (paper Figure 2)."""
+        check_count(n, "n")
+        std = torch.exp(0.5 * self.log_var).to(mu.dtype)
+        return mu.unsqueeze(1) + std * torch.randn(mu.shape[0], n, mu.shape[1], device=mu.device, dtype=mu.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"num_items={self.num_items}, latent_dim={self.latent_dim}, mode={self.mode!r}, "
+                f"num_exemplars={self.num_exemplars}, k={self.k}, leave_one_out={self.leave_one_out}, "
+                f"backend={self.backend!r}")
+

@@ -1,0 +1,40 @@
+"""Build a data set and a model (with its prior) from a RunConfig."""
+from __future__ import annotations
+
+from ..data import DataSplits, load_dataset
+from ..models import LatentVariableModel, build_model
+from ..priors import ExemplarPrior, MoGPrior, Prior, StandardPrior, VampPrior
+from .config import RunConfig
+
+
+def load_data(cfg: RunConfig) -> DataSplits:
+    """The data set named by cfg.data (options that the set takes are passed on)."""
+    options: dict = {}
+    if cfg.data.name == "synthetic":
+        options["size"] = cfg.data.synthetic_size
+    if cfg.data.name == "celeba":
+        options["num_bits"] = cfg.data.num_bits
+    return load_dataset(cfg.data.name, cfg.data.root, seed=cfg.train.seed, **options)
+
+
+def build_prior(cfg: RunConfig, data: DataSplits) -> Prior:
+    """The prior named by cfg.prior; the exemplar prior takes the (grey) training images."""
+    p, d = cfg.prior, cfg.model.latent_dim
+    if p.name == "standard":
+        return StandardPrior(d)
+    if p.name == "mog":
+        return MoGPrior(d, p.num_components, p.components_per_step)
+    if p.name == "vamp":
+        return VampPrior(d, data.train.shape[1], p.num_components, p.components_per_step)
+    if p.name == "exemplar":
+        return ExemplarPrior(data.train, d, mode=p.mode, num_exemplars=p.num_exemplars, k=p.k,
+                             leave_one_out=p.leave_one_out, init_log_var=p.init_log_var, backend=p.backend)
+    raise ValueError(f"prior.name: expected standard, mog, vamp or exemplar, got {p.name!r}")
+
+
+def build(cfg: RunConfig, data: DataSplits) -> LatentVariableModel:
+    """Model + prior on cfg.train.device."""
+    likelihood = cfg.model.likelihood or data.likelihood
+    model = build_model(cfg.model.name, build_prior(cfg, data), data.input_shape, cfg.model.latent_dim,
+                        likelihood, num_bits=data.num_bits)
+    return model.to(cfg.train.device)

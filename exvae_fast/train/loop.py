@@ -1,0 +1,230 @@
+"""The training loop: gradient-normalised Adam on the negative ELBO with KL warm-up,
+dynamic binarisation, per-epoch cache refresh and validation, early stopping, atomic
+checkpoints and exact resume (paper, appendix L.2)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import DataSplits
+from ..evaluation import evaluate_elbo, evaluation_mode
+from ..models import LatentVariableModel
+from ..priors import ExemplarPrior
+from .builder import build, load_data
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import RunConfig, config_from_dict, config_to_dict, save_config_json
+from .optim import NormalizedAdam
+from .run_files import RunFiles, append_jsonl, truncate_jsonl
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainSummary:
+    """What a finished (or stopped) run reports."""
+
+    run_dir: Path
+    epochs_completed: int
+    best_epoch: int
+    best_val_elbo: float
+    stopped_early: bool
+    seconds: float
+
+
+@dataclass
+class _Progress:
+    """Loop state that a checkpoint carries besides the model and optimizer."""
+
+    epoch: int = 0
+    step: int = 0
+    best_val_elbo: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+
+def kl_weight(epoch: int, warmup_epochs: int) -> float:
+    """KL warm-up beta for 1-based `epoch`: min(1, epoch / warmup_epochs); 1 without warm-up."""
+    return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+
+
+def check_device(device: str) -> torch.device:
+    """The torch.device for a config string, with a clear error when CUDA is missing."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device: {device!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def refresh_exemplar_cache(model: LatentVariableModel, batch_size: int) -> None:
+    """Re-encode every exemplar (Algorithm 1's per-epoch refresh), in evaluation mode."""
+    if isinstance(model.prior, ExemplarPrior):
+        with evaluation_mode(model):
+            model.prior.refresh(model.encode, batch_size)
+
+
+class Trainer:
+    """Trains one run described by a RunConfig into `out_dir/name`."""
+
+    def __init__(self, cfg: RunConfig, data: DataSplits | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.device = check_device(cfg.train.device)
+        self.files = RunFiles(Path(cfg.out_dir) / cfg.name)
+        self.progress = progress
+        seed_everything(cfg.train.seed)
+        self.data = data if data is not None else load_data(cfg)
+        self.model = build(cfg, self.data)
+        self.optimizer = NormalizedAdam(self.model.parameters(), lr=cfg.train.lr)
+        self.state = _Progress()
+        self.train_x = self.data.train.to(self.device)
+        self._writer = None
+
+    # -- checkpoints ---------------------------------------------------------------
+    def _checkpoint_state(self) -> dict:
+        s = self.state
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": s.epoch, "step": s.step, "best_val_elbo": s.best_val_elbo,
+            "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs,
+            "rng": capture_rng_state(),
+            "config": config_to_dict(self.cfg),
+        }
+
+    def resume(self) -> None:
+        """Continue exactly from the run folder's last checkpoint."""
+        ckpt = load_checkpoint(self.files.last_checkpoint, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = _Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_elbo"], ckpt["best_epoch"],
+                               ckpt["bad_epochs"])
+        restore_rng_state(ckpt["rng"])
+        truncate_jsonl(self.files.metrics_log, self.state.epoch)
+
+    # -- the loop ------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> TrainSummary:
+        """Train until `train.epochs` or early stopping; returns the summary."""
+        start = time.perf_counter()
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        else:
+            self.files.metrics_log.unlink(missing_ok=True)
+            refresh_exemplar_cache(self.model, self.cfg.train.eval_batch_size)  # Algorithm 1: fill the cache
+        save_config_json(self.cfg, self.files.config)
+        t = self.cfg.train
+        stopped_early = self.state.bad_epochs >= t.early_stopping_patience
+        try:
+            while self.state.epoch < t.epochs and not stopped_early:
+                self.state.epoch += 1
+                record = self._train_epoch(self.state.epoch)
+                record.update(self._end_of_epoch(self.state.epoch))
+                append_jsonl(self.files.metrics_log, record)
+                self._log_tensorboard(record)
+                stopped_early = self.state.bad_epochs >= t.early_stopping_patience
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+        s = self.state
+        return TrainSummary(self.files.root, s.epoch, s.best_epoch, s.best_val_elbo, stopped_early,
+                            time.perf_counter() - start)
+
+    def _batches(self) -> list[torch.Tensor]:
+        order = torch.randperm(self.train_x.shape[0]).split(self.cfg.train.batch_size)
+        steps = self.cfg.train.steps_per_epoch
+        return list(order if steps is None else order[:steps])
+
+    def _train_epoch(self, epoch: int) -> dict:
+        beta = kl_weight(epoch, self.cfg.train.warmup_epochs)
+        self.model.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        seen = 0
+        epoch_start = time.perf_counter()
+        batches = self._batches()
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
+        for idx in bar:
+            idx = idx.to(self.device)
+            x = self.train_x[idx]
+            if self.data.dynamic_binarization:
+                x = torch.bernoulli(x)
+            terms = self.model(x, indices=idx)
+            loss = -(terms.recon - beta * terms.kl).mean()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {float(loss.detach())} at epoch {epoch}, step {self.state.step + 1}; training "
+                    f"stopped; the last good checkpoint is {self.files.last_checkpoint} "
+                    f"(epoch {epoch - 1}). Try a lower train.lr or another seed.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.state.step += 1
+            cache = getattr(self.model.prior, "cache", None)
+            if cache is not None:
+                cache.advance()
+            n = x.shape[0]
+            sums += torch.stack([loss.detach() * n, terms.kl.detach().sum(), -terms.recon.detach().sum()]).double()
+            seen += n
+            if self.progress:
+                bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
+        loss_sum, kl_sum, rec_sum = (sums / seen).tolist()
+        return {"epoch": epoch, "step": self.state.step, "beta": beta, "train_loss": loss_sum,
+                "train_kl": kl_sum, "train_neg_recon": rec_sum,
+                "train_seconds": time.perf_counter() - epoch_start}
+
+    def _end_of_epoch(self, epoch: int) -> dict:
+        t = self.cfg.train
+        refresh_exemplar_cache(self.model, t.eval_batch_size)  # serves validation and the next epoch
+        val = evaluate_elbo(self.model, self.data.val, batch_size=t.eval_batch_size, progress=False)
+        s = self.state
+        improved = val["elbo"] > s.best_val_elbo
+        if improved:
+            s.best_val_elbo, s.best_epoch, s.bad_epochs = val["elbo"], epoch, 0
+        else:
+            s.bad_epochs += 1
+        state = self._checkpoint_state()
+        if improved:
+            save_checkpoint(self.files.best_checkpoint, state)
+        save_checkpoint(self.files.last_checkpoint, state)
+        record = {"val_elbo": val["elbo"], "val_kl": val["kl"], "val_neg_recon": val["neg_recon"],
+                  "best_val_elbo": s.best_val_elbo, "improved": improved}
+        if isinstance(self.model.prior, ExemplarPrior):
+            record["prior_log_var"] = float(self.model.prior.log_var.detach())
+        return record
+
+    def _log_tensorboard(self, record: dict) -> None:
+        if not self.cfg.train.tensorboard:
+            return
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # optional dependency
+                raise RuntimeError("train.tensorboard: install the 'tensorboard' package "
+                                   "(pip install 'exvae-fast[tensorboard]')") from err
+            self._writer = SummaryWriter(str(self.files.tensorboard))
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                self._writer.add_scalar(key, value, record["epoch"])
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config saved in a run folder."""
+    path = RunFiles(Path(run_dir)).config
+    if not path.exists():
+        raise FileNotFoundError(f"run_dir: no config.json in {run_dir} (is it a run folder?)")
+    return config_from_dict(json.loads(path.read_text(encoding="utf-8")))

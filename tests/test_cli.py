@@ -1,0 +1,75 @@
+"""`exvae` end to end on the embedded mnist-5k digits, and its one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from exvae_fast.cli import main
+
+SHORT = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=4", "--set", "eval.iw_samples=8",
+         "--set", "eval.num_sample_images=16", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    status = main(["train", "--config", "configs/mnist-5k-demo.toml", "--out-dir", str(out), *SHORT])
+    assert status == 0
+    return out / "mnist-5k-demo"
+
+
+def test_train_writes_the_run_folder(run_dir):
+    for name in ("config.json", "checkpoint_best.pt", "checkpoint_last.pt", "metrics.jsonl", "metrics.json",
+                 "loss_curve.png", "samples.png", "exemplar_samples.png"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["dataset"] == "mnist-5k" and metrics["num_points"] == 500
+    assert metrics["elbo"] == pytest.approx(-(metrics["kl"] + metrics["neg_recon"]))
+    assert metrics["log_likelihood"] >= metrics["elbo"] - 5.0  # IWAE bound is at least as tight (noise aside)
+    assert 0 <= metrics["active_units"] <= 40
+    with Image.open(run_dir / "exemplar_samples.png") as img:
+        assert img.width > img.height > 0  # 10 rows of exemplar + 10 samples
+
+
+def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
+    assert main(["evaluate", str(run_dir), "--iw-samples", "4", "--no-pictures", "--no-progress"]) == 0
+    assert "log-likelihood (4 importance samples)" in capsys.readouterr().out
+    for kind, extra in [("unconditional", []), ("exemplar", []), ("iterative", ["--from-noise"])]:
+        out = tmp_path / f"{kind}.png"
+        assert main(["sample", str(run_dir), "--kind", kind, "--n", "3", "--per-row", "4", "--out", str(out),
+                     *extra]) == 0
+        assert out.is_file()
+    npz = tmp_path / "aug.npz"
+    assert main(["augment", str(run_dir), "--per-example", "2", "--out", str(npz)]) == 0
+    with np.load(npz) as f:
+        assert f["images"].shape == (8000, 784) and f["labels"].shape == (8000,)
+
+
+def test_resume_continues_from_the_last_epoch(run_dir, capsys):
+    assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", "--no-eval", *SHORT[4:]]) == 0
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", "missing.toml"], "missing.toml"),
+    (["train", "--set", "train.epochs=zero"], "train.epochs"),
+    (["train", "--set", "prior.mode=exat"], "prior.mode"),
+    (["evaluate", "no/such/run"], "no/such/run"),
+    (["sample", "no/such/run", "--out", "x.png", "--kind", "bogus"], "--kind"),
+])
+def test_bad_input_is_one_line_and_nonzero(argv, message, capsys):
+    status = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_module_entry_point_prints_help():
+    out = subprocess.run([sys.executable, "-m", "exvae_fast", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout and "augment" in out.stdout

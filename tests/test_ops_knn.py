@@ -1,0 +1,179 @@
+"""knn_search (torch backend) against a brute-force float64 sort with (distance, index) order."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exvae_fast.ops import knn, knn_search
+
+
+def brute_force(queries, keys, k, candidates=None, exclude=None):
+    """All distances in float64 (rounded to float32, as returned), sorted per row by
+    (distance, index) over the allowed keys; the first k."""
+    dists = ((queries.double()[:, None, :] - keys.double()[None, :, :]) ** 2).sum(-1).float()
+    allowed = range(keys.shape[0]) if candidates is None else candidates.tolist()
+    out_d, out_i = [], []
+    for b in range(queries.shape[0]):
+        left_out = -1 if exclude is None else int(exclude[b])
+        ranked = sorted((float(dists[b, j]), j) for j in allowed if j != left_out)[:k]
+        out_d.append([d for d, _ in ranked])
+        out_i.append([j for _, j in ranked])
+    return torch.tensor(out_d, dtype=torch.float32), torch.tensor(out_i, dtype=torch.int64)
+
+
+def assert_same(got, want):
+    (gd, gi), (wd, wi) = got, want
+    assert gd.dtype == torch.float32 and gi.dtype == torch.int64
+    torch.testing.assert_close(gd, wd, rtol=0, atol=0)
+    assert torch.equal(gi, wi)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Shrink the block budget so small N spans several (uneven) blocks."""
+    def set_budget(elements):
+        monkeypatch.setattr(knn, "ELEMENT_BUDGET", elements)
+    return set_budget
+
+
+@pytest.mark.parametrize("batch,size,dim,k,block", [
+    (1, 1, 1, 1, 1), (4, 10, 3, 10, 3), (5, 23, 1, 4, 7), (3, 40, 128, 5, 6), (6, 33, 4, 1, 33),
+])
+@pytest.mark.parametrize("key_dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_matches_brute_force(batch, size, dim, k, block, key_dtype, small_blocks):
+    small_blocks(batch * dim * block)
+    gen = torch.Generator().manual_seed(size)
+    queries = torch.randn(batch, dim, generator=gen)
+    keys = torch.randn(size, dim, generator=gen).to(key_dtype)
+    assert_same(knn_search(queries, keys, k), brute_force(queries, keys, k))
+
+
+def test_candidates_and_excluded_self(small_blocks):
+    small_blocks(4 * 3 * 2)
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.randn(30, 3, generator=gen)
+    candidates = torch.tensor([29, 3, 17, 8, 0, 12, 21, 5])  # unsorted on purpose
+    rows = torch.tensor([3, 17, 5, 9])  # the last query's own key is not a candidate
+    queries = keys[rows]
+    got = knn_search(queries, keys, 4, candidates=candidates, exclude=rows)
+    assert_same(got, brute_force(queries, keys, 4, candidates, rows))
+    assert not (got[1] == rows[:, None]).any()  # a query never finds itself
+    assert torch.isin(got[1], candidates).all()
+    # k = every candidate, when the excluded key is not among them (row 3) or for no row
+    assert_same(knn_search(queries[3:], keys, 8, candidates=candidates, exclude=rows[3:]),
+                brute_force(queries[3:], keys, 8, candidates, rows[3:]))
+    assert_same(knn_search(queries, keys, 7, candidates=candidates, exclude=rows),
+                brute_force(queries, keys, 7, candidates, rows))
+
+
+def test_ties_go_to_the_lower_index(small_blocks):
+    small_blocks(2 * 2 * 3)  # blocks of 3 keys: ties span blocks
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0],
+                         [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    queries = torch.zeros(2, 2)
+    dists, indices = knn_search(queries, keys, 7, exclude=torch.tensor([-1, 3]))
+    assert indices.tolist() == [[0, 1, 2, 3, 4, 5, 7], [0, 1, 2, 4, 5, 7, 6]]
+    assert dists.tolist() == [[1.0] * 7, [1.0] * 6 + [4.0]]
+    cand = torch.tensor([7, 5, 3, 1])
+    assert knn_search(queries, keys, 4, candidates=cand)[1].tolist() == [[1, 3, 5, 7]] * 2
+
+
+def test_excluded_key_never_returned_even_at_infinite_distance():
+    # squared distances overflow float32 (to inf) for every key: ties at inf, by index
+    keys = torch.tensor([[3e38], [-3e38], [-3e38]])
+    queries = torch.tensor([[3e38], [3e38]])
+    dists, indices = knn_search(queries, keys, 2, exclude=torch.tensor([1, 2]))
+    assert indices.tolist() == [[0, 2], [0, 1]]
+    assert dists[:, 0].tolist() == [0.0, 0.0] and torch.isinf(dists[:, 1]).all()
+
+
+def test_exact_when_queries_sit_next_to_far_keys():
+    # ||q||^2 - 2 q.k + ||k||^2 in float32 cannot order these; exact distances can
+    base = torch.full((1, 16), 4096.0)
+    keys = base + torch.tensor([3e-3, 1e-3, 2e-3, 4e-3])[:, None] * torch.ones(1, 16)
+    queries = base.clone()
+    assert knn_search(queries, keys, 4)[1].tolist() == [[1, 2, 0, 3]]
+
+
+def test_duplicate_keys_and_empty_batch():
+    keys = torch.tensor([[0.5, 0.5]] * 3 + [[0.0, 0.0]])
+    dists, indices = knn_search(torch.tensor([[0.5, 0.5]]), keys, 3, exclude=torch.tensor([1]))
+    assert indices.tolist() == [[0, 2, 3]] and dists.tolist() == [[0.0, 0.0, 0.5]]
+    dists, indices = knn_search(torch.zeros(0, 2), keys, 2)
+    assert dists.shape == (0, 2) and indices.shape == (0, 2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 4), size=st.integers(1, 12), dim=st.integers(1, 4),
+       block=st.integers(1, 6), use_candidates=st.booleans(), use_exclude=st.booleans())
+def test_property_matches_brute_force(data, batch, size, dim, block, use_candidates, use_exclude):
+    # small integer coordinates: plenty of exact ties
+    coords = st.lists(st.integers(-2, 2), min_size=dim, max_size=dim)
+    keys = torch.tensor(data.draw(st.lists(coords, min_size=size, max_size=size)), dtype=torch.float32)
+    queries = torch.tensor(data.draw(st.lists(coords, min_size=batch, max_size=batch)),
+                           dtype=torch.float32)
+    candidates = exclude = None
+    pool = size
+    if use_candidates:
+        candidates = torch.tensor(data.draw(st.lists(st.integers(0, size - 1), min_size=1,
+                                                     max_size=size, unique=True)))
+        pool = candidates.numel()
+    if use_exclude:
+        exclude = torch.tensor(data.draw(st.lists(st.integers(-1, size - 1), min_size=batch,
+                                                  max_size=batch)))
+    if pool == 1 and exclude is not None:  # keep one searchable key per row
+        exclude = torch.where(exclude == (0 if candidates is None else candidates[0]), -1, exclude)
+    k = data.draw(st.integers(1, pool - 1 if exclude is not None and pool > 1 else pool))
+    old = knn.ELEMENT_BUDGET
+    knn.ELEMENT_BUDGET = batch * dim * block
+    try:
+        got = knn_search(queries, keys, k, candidates=candidates, exclude=exclude)
+    finally:
+        knn.ELEMENT_BUDGET = old
+    assert_same(got, brute_force(queries, keys, k, candidates, exclude))
+
+
+# --- errors -------------------------------------------------------------------------------
+
+def good_args():
+    return dict(queries=torch.randn(3, 2), keys=torch.randn(6, 2), k=2)
+
+
+@pytest.mark.parametrize("change,error,match", [
+    (dict(queries=[[0.0, 1.0]]), TypeError, "queries: expected a torch.Tensor"),
+    (dict(queries=torch.ones(3, 2, dtype=torch.int64)), TypeError, "queries: expected a floating"),
+    (dict(queries=torch.randn(3, 2, 1)), ValueError,
+     r"queries: expected shape \[B, d\], got \[3, 2, 1\]"),
+    (dict(keys=torch.randn(6, 3)), ValueError, r"keys: expected shape \[N, 2\] \(d matching queries\)"),
+    (dict(keys=torch.randn(0, 2)), ValueError, "keys: expected at least one row"),
+    (dict(keys=torch.tensor([[0.0, 1.0], [float("nan"), 0.0]])), ValueError, "keys contains NaN/Inf"),
+    (dict(keys=torch.tensor([[0.0, float("inf")]]), k=1), ValueError, "keys contains NaN/Inf"),
+    (dict(queries=torch.tensor([[float("nan"), 0.0]])), ValueError, "queries contains NaN/Inf"),
+    (dict(k=0), ValueError, "k: expected an int >= 1, got 0"),
+    (dict(k=2.0), TypeError, "k: expected an int, got float"),
+    (dict(k=torch.tensor(2)), TypeError, "k: expected an int, got Tensor"),
+    (dict(k=7), ValueError, r"k: expected k <= 6 \(the number of keys\), got k=7"),
+    (dict(k=6, exclude=torch.tensor([-1, 2, -1])), ValueError,
+     r"k: row 1 can search only 5 keys \(6 minus its excluded index\), got k=6"),
+    (dict(k=3, candidates=torch.tensor([0, 4])), ValueError,
+     r"k: expected k <= 2 \(the number of candidates\), got k=3"),
+    (dict(k=2, candidates=torch.tensor([0, 4]), exclude=torch.tensor([1, -1, 4])), ValueError,
+     "k: row 2 can search only 1 candidates"),
+    (dict(candidates=torch.tensor([0.0, 1.0])), TypeError, "candidates: expected dtype int64"),
+    (dict(candidates=torch.tensor([[0, 1]])), ValueError, r"candidates: expected shape \[M\]"),
+    (dict(candidates=torch.tensor([0, 6])), ValueError, r"candidates: indices must lie in \[0, 6\)"),
+    (dict(candidates=torch.tensor([-1, 2])), ValueError, "candidates: indices must lie in"),
+    (dict(candidates=torch.tensor([1, 3, 1])), ValueError, "candidates: expected unique indices"),
+    (dict(exclude=torch.tensor([0, 1])), ValueError, r"exclude: expected shape \[3\]"),
+    (dict(exclude=torch.tensor([0, 1, 6])), ValueError, r"exclude: indices must lie in \[0, 6\) or -1"),
+    (dict(exclude=torch.tensor([0, 1, 2], dtype=torch.int32)), TypeError,
+     "exclude: expected dtype int64"),
+    (dict(keys=torch.randn(6, 2, device="meta")), ValueError, "expected all tensors on one device"),
+    (dict(backend="fast"), ValueError, "backend: expected one of auto, torch, triton, cpp"),
+    (dict(backend="cpp"), ValueError, "knn_search: backend 'cpp' is not available"),
+])
+def test_bad_inputs(change, error, match):
+    with pytest.raises(error, match=match):
+        knn_search(**{**good_args(), **change})

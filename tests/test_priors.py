@@ -1,0 +1,245 @@
+"""Priors against float64 formulas written here, leave-one-out, sub-sampling, and
+retrieval mode equal to the exact mixture over the retrieved set."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from exvae_fast.priors import ExemplarPrior, MoGPrior, StandardPrior, VampPrior
+
+D, d = 12, 3
+
+
+def log_gauss(z, mean, var):
+    """float64 log N(z | mean, diag var), written out term by term."""
+    z, mean, var = z.double(), mean.double(), var.double()
+    return (-0.5 * math.log(2 * math.pi) - 0.5 * torch.log(var) - (z - mean) ** 2 / (2 * var)).sum(-1)
+
+
+def lse(values, dim):
+    m = values.max(dim, keepdim=True).values
+    return (m + torch.log(torch.exp(values - m).sum(dim, keepdim=True))).squeeze(dim)
+
+
+class LinearEncoder(nn.Module):
+    """x [B, D] -> (W x, constant log-variance): a stand-in for a model's encoder that
+    counts how many rows it encodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(D, d)
+        self.rows_encoded = []
+
+    def forward(self, x):
+        self.rows_encoded.append(x.shape[0])
+        mu = self.lin(x)
+        return mu, torch.full_like(mu, -1.0)
+
+
+def test_standard_prior_matches_formula():
+    prior = StandardPrior(d)
+    z = torch.randn(7, d)
+    torch.testing.assert_close(prior.log_prob(z).double(), log_gauss(z, torch.zeros(d), torch.ones(d)))
+    assert prior.sample(5).shape == (5, d)
+
+
+def test_mog_prior_matches_formula_and_subsamples():
+    prior = MoGPrior(d, num_components=6)
+    with torch.no_grad():
+        prior.logits.copy_(torch.randn(6))
+        prior.log_vars.copy_(0.3 * torch.randn(6, d))
+    z = torch.randn(5, d)
+    w = torch.log_softmax(prior.logits.double(), 0)
+    expected = lse(log_gauss(z[:, None], prior.means[None], prior.log_vars.exp()[None]) + w, 1)
+    prior.eval()
+    torch.testing.assert_close(prior.log_prob(z).double(), expected)
+    sub = MoGPrior(d, num_components=6, components_per_step=2)
+    sub.train()
+    drawn = sub.subsampling.draw(True, torch.device("cpu"))
+    assert drawn.shape == (2,) and drawn.unique().numel() == 2
+    assert sub.subsampling.draw(False, torch.device("cpu")) is None
+    assert MoGPrior(d, 6).sample(4).shape == (4, d)
+
+
+def test_mog_prior_is_normalised_in_one_dimension():
+    prior = MoGPrior(1, num_components=3).eval()
+    grid = torch.linspace(-12, 12, 20001).unsqueeze(1)
+    with torch.no_grad():
+        mass = torch.exp(prior.log_prob(grid)).sum() * (grid[1, 0] - grid[0, 0])
+    assert abs(float(mass) - 1.0) < 1e-3
+
+
+def test_vamp_prior_is_mixture_of_pseudo_input_posteriors():
+    encoder = LinearEncoder()
+    prior = VampPrior(d, D, num_components=5).eval()
+    z = torch.randn(4, d)
+    mu, log_var = encoder(prior.pseudo_inputs)
+    expected = lse(log_gauss(z[:, None], mu[None], log_var.exp()[None]), 1) - math.log(5)
+    torch.testing.assert_close(prior.log_prob(z, encoder=encoder).double(), expected.detach())
+    assert prior.sample(3, encoder=encoder).shape == (3, d)
+    with pytest.raises(ValueError, match="encoder"):
+        prior.log_prob(z)
+
+
+def test_vamp_prior_subsampling_encodes_only_the_drawn_components():
+    encoder = LinearEncoder()
+    prior = VampPrior(d, D, num_components=50, components_per_step=7).train()
+    prior.log_prob(torch.randn(4, d), encoder=encoder)
+    assert encoder.rows_encoded[-1] == 7
+    prior.eval()
+    prior.log_prob(torch.randn(4, d), encoder=encoder)
+    assert encoder.rows_encoded[-1] == 50
+    with pytest.raises(ValueError, match="components_per_step"):
+        VampPrior(d, D, num_components=5, components_per_step=6)
+
+
+def _exemplar_setup(n=20, **kwargs):
+    torch.manual_seed(0)
+    exemplars = torch.rand(n, D)
+    encoder = LinearEncoder()
+    prior = ExemplarPrior(exemplars, d, backend="torch", **kwargs)
+    with torch.no_grad():
+        prior.log_var.fill_(-0.5)
+    prior.refresh(encoder)
+    return exemplars, encoder, prior
+
+
+def _record_subsets(prior, monkeypatch):
+    drawn = []
+    original = prior._draw_subset
+
+    def recording():
+        subset = original()
+        drawn.append(subset)
+        return subset
+
+    monkeypatch.setattr(prior, "_draw_subset", recording)
+    return drawn
+
+
+def test_exemplar_exact_leave_one_out_excludes_exactly_self(monkeypatch):
+    exemplars, encoder, prior = _exemplar_setup(mode="exact", num_exemplars=20)
+    prior.train()
+    idx = torch.tensor([0, 5, 19])
+    z = torch.randn(3, d)
+    log_r = prior.log_prob(z, encoder=encoder, indices=idx)
+    means = encoder(exemplars)[0].detach()
+    var = torch.full((d,), math.exp(-0.5))
+    for b, i in enumerate(idx.tolist()):
+        others = [j for j in range(20) if j != i]
+        expected = lse(log_gauss(z[b], means[others], var), 0) - math.log(19)
+        torch.testing.assert_close(log_r[b].double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_exemplar_exact_subsamples_m_exemplars_per_step(monkeypatch):
+    exemplars, encoder, prior = _exemplar_setup(mode="exact", num_exemplars=8)
+    drawn = _record_subsets(prior, monkeypatch)
+    prior.train()
+    idx = torch.tensor([1, 2])
+    z = torch.randn(2, d)
+    log_r = prior.log_prob(z, encoder=encoder, indices=idx)
+    subset = drawn[0]
+    assert subset.numel() == 8 and subset.unique().numel() == 8
+    assert encoder.rows_encoded[-1] == 8
+    means = encoder(exemplars[subset])[0].detach()
+    var = torch.full((d,), math.exp(-0.5))
+    for b, i in enumerate(idx.tolist()):
+        keep = subset != i
+        expected = lse(log_gauss(z[b], means[keep], var), 0) - math.log(int(keep.sum()))
+        torch.testing.assert_close(log_r[b].double(), expected, rtol=1e-5, atol=1e-5)
+    log_r2 = prior.log_prob(z, encoder=encoder, indices=idx)
+    assert not torch.equal(drawn[0], drawn[1]) and log_r2.shape == (2,)
+
+
+def test_exemplar_retrieval_equals_exact_mixture_over_retrieved_set(monkeypatch):
+    n, m, k = 40, 25, 4
+    exemplars, encoder, prior = _exemplar_setup(n=n, mode="retrieval", num_exemplars=m, k=k)
+    drawn = _record_subsets(prior, monkeypatch)
+    prior.train()
+    idx = torch.tensor([3, 17, 30, 8])
+    x = exemplars[idx]
+    query = encoder(x)[0].detach()
+    z = query + 0.1 * torch.randn_like(query)
+    encoder.rows_encoded.clear()
+    log_r = prior.log_prob(z, encoder=encoder, query=query, indices=idx)
+    subset = drawn[0]
+    # Brute-force kNN among the subset, self excluded, against the cache as it was
+    # searched (the batch's own means were written first).
+    cache = encoder(exemplars)[0].detach().double()
+    cache[idx] = query.double()
+    neighbours = set()
+    for b, i in enumerate(idx.tolist()):
+        cands = [j for j in subset.tolist() if j != i]
+        dist = sorted(((cache[j] - query[b].double()).pow(2).sum().item(), j) for j in cands)
+        neighbours.update(j for _, j in dist[:k])
+    union = sorted(neighbours)
+    assert encoder.rows_encoded[0] == len(union)  # only the neighbours were re-encoded
+    means = encoder(exemplars[union])[0].detach()
+    var = torch.full((d,), math.exp(-0.5))
+    for b, i in enumerate(idx.tolist()):
+        keep = [p for p, j in enumerate(union) if j != i]
+        total = m - int(i in subset.tolist())
+        expected = lse(log_gauss(z[b], means[keep], var), 0) - math.log(total)
+        torch.testing.assert_close(log_r[b].double(), expected, rtol=1e-5, atol=1e-5)
+    # Fresh means were written back.
+    torch.testing.assert_close(prior.cache.means[union], means)
+    torch.testing.assert_close(prior.cache.means[idx], query)
+
+
+def test_exemplar_retrieval_gradients_reach_encoder_and_log_var():
+    exemplars, encoder, prior = _exemplar_setup(n=30, mode="retrieval", num_exemplars=15, k=3)
+    prior.train()
+    idx = torch.tensor([0, 1, 2])
+    mu = encoder(exemplars[idx])[0]
+    z = mu + 0.1 * torch.randn_like(mu)
+    prior.log_prob(z, encoder=encoder, query=mu, indices=idx).sum().backward()
+    assert prior.log_var.grad is not None and torch.isfinite(prior.log_var.grad)
+    assert encoder.lin.weight.grad is not None and encoder.lin.weight.grad.abs().sum() > 0
+
+
+def test_exemplar_eval_uses_whole_training_set_without_leave_one_out():
+    exemplars, encoder, prior = _exemplar_setup(n=15, mode="retrieval", num_exemplars=10, k=3)
+    prior.eval()
+    z = torch.randn(4, d)
+    means = encoder(exemplars)[0].detach()
+    expected = lse(log_gauss(z[:, None], means[None], torch.full((d,), math.exp(-0.5))), 1) - math.log(15)
+    torch.testing.assert_close(prior.log_prob(z).double(), expected, rtol=1e-5, atol=1e-5)
+    assert prior.sample(6).shape == (6, d)
+    near = prior.sample_near(torch.zeros(2, d), torch.zeros(2, d), 5)
+    assert near.shape == (2, 5, d)
+
+
+def test_exemplar_prior_needs_a_filled_cache():
+    prior = ExemplarPrior(torch.rand(10, D), d, num_exemplars=6, k=2).eval()
+    with pytest.raises(ValueError, match="refresh"):
+        prior.log_prob(torch.randn(2, d))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "approximate"}, "mode"),
+    ({"k": 10, "num_exemplars": 10}, "k: expected at most 9"),
+    ({"num_exemplars": 11}, "num_exemplars"),
+    ({"k": 0}, "k"),
+])
+def test_exemplar_prior_rejects_bad_settings(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ExemplarPrior(torch.rand(10, D), d, **kwargs)
+
+
+def test_exemplar_prior_rejects_bad_indices_and_exemplars():
+    exemplars, encoder, prior = _exemplar_setup(n=10, mode="retrieval", num_exemplars=8, k=2)
+    prior.train()
+    z = torch.randn(2, d)
+    with pytest.raises(ValueError, match="indices"):
+        prior.log_prob(z, encoder=encoder, query=z)
+    with pytest.raises(ValueError, match="indices"):
+        prior.log_prob(z, encoder=encoder, query=z, indices=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="query"):
+        prior.log_prob(z, encoder=encoder, indices=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="NaN"):
+        ExemplarPrior(torch.full((4, D), float("nan")), d)
+    with pytest.raises(ValueError, match="z"):
+        prior.log_prob(torch.randn(2, d + 1), encoder=encoder, query=z, indices=torch.tensor([0, 1]))

@@ -1,0 +1,112 @@
+"""The training loop: exact resume, NaN stop keeping the last good checkpoint, early
+stopping, KL warm-up, logs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from exvae_fast.train.checkpoint import load_checkpoint
+from exvae_fast.train.config import RunConfig, apply_overrides
+from exvae_fast.train.loop import Trainer, TrainingDiverged, kl_weight
+
+
+def tiny_config(tmp_path, name="run", **overrides) -> RunConfig:
+    items = {
+        "name": name, "out_dir": str(tmp_path), "data.name": "synthetic", "data.synthetic_size": 300,
+        "model.name": "vae", "prior.name": "exemplar", "prior.mode": "retrieval", "prior.k": 3,
+        "prior.num_exemplars": 100, "train.epochs": 2, "train.batch_size": 50, "train.warmup_epochs": 2,
+        "train.eval_batch_size": 100, "train.early_stopping_patience": 5, "eval.iw_samples": 4,
+    }
+    items.update(overrides)
+    return apply_overrides(RunConfig(), [f"{k}={v}" for k, v in items.items()])
+
+
+def model_parameters(trainer: Trainer) -> dict:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("prior", ["exemplar", "vamp"])
+def test_resume_equals_uninterrupted(tmp_path, prior):
+    overrides = {"prior.name": prior, "prior.num_components": 20}
+    straight = Trainer(tiny_config(tmp_path, "straight", **overrides, **{"train.epochs": 3}), progress=False)
+    straight.fit()
+    first = Trainer(tiny_config(tmp_path, "resumed", **overrides, **{"train.epochs": 1}), progress=False)
+    first.fit()
+    second = Trainer(tiny_config(tmp_path, "resumed", **overrides, **{"train.epochs": 3}), progress=False)
+    second.fit(resume=True)
+    expected, got = model_parameters(straight), model_parameters(second)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    straight_log = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert [r["val_elbo"] for r in log] == [r["val_elbo"] for r in straight_log]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path, **{"train.epochs": 3}), progress=False)
+    real_forward = type(trainer.model).forward
+    calls = {"n": 0}
+    steps_per_epoch = 300 // 50
+
+    def poisoned(self, x, indices=None):
+        calls["n"] += 1
+        terms = real_forward(self, x, indices)
+        if calls["n"] > steps_per_epoch + 2:  # third step of epoch 2
+            terms.recon = terms.recon * float("nan")
+        return terms
+
+    monkeypatch.setattr(type(trainer.model), "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 2"):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_early_stopping_after_patience(tmp_path, monkeypatch):
+    import exvae_fast.train.loop as loop
+
+    scores = iter([-100.0, -101.0, -102.0, -103.0, -104.0])
+    monkeypatch.setattr(loop, "evaluate_elbo",
+                        lambda *a, **k: {"elbo": next(scores), "kl": 1.0, "neg_recon": 1.0})
+    cfg = tiny_config(tmp_path, **{"train.epochs": 10, "train.early_stopping_patience": 2})
+    summary = Trainer(cfg, progress=False).fit()
+    assert summary.stopped_early and summary.epochs_completed == 3 and summary.best_epoch == 1
+    assert load_checkpoint(tmp_path / "run" / "checkpoint_best.pt")["epoch"] == 1
+
+
+def test_logs_config_and_checkpoint_contents(tmp_path):
+    summary = Trainer(tiny_config(tmp_path, **{"train.epochs": 1}), progress=False).fit()
+    run = tmp_path / "run"
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("epoch", "train_loss", "train_kl", "train_neg_recon", "val_elbo", "beta", "prior_log_var"):
+        assert key in record
+    assert record["beta"] == 0.5
+    assert json.loads((run / "config.json").read_text())["data"]["synthetic_size"] == 300
+    ckpt = load_checkpoint(run / "checkpoint_last.pt")
+    assert {"model", "optimizer", "rng", "epoch", "config"} <= ckpt.keys()
+    assert "prior.cache.means" in ckpt["model"] and "prior.exemplars" not in ckpt["model"]
+    assert summary.epochs_completed == 1
+
+
+def test_training_does_not_leave_the_caller_in_another_mode(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, **{"train.epochs": 1}), progress=False)
+    trainer.fit()
+    # Validation ran in evaluation mode; training mode is what the loop left behind.
+    assert trainer.model.training
+
+
+def test_kl_warmup_schedule():
+    assert kl_weight(1, 100) == 0.01 and kl_weight(100, 100) == 1.0 and kl_weight(250, 100) == 1.0
+    assert kl_weight(1, 0) == 1.0
+
+
+def test_cuda_device_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Trainer(tiny_config(tmp_path, **{"train.device": "cuda"}), progress=False)
