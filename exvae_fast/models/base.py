@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..ops.validation import check_rows
 from ..priors.base import Prior, check_count
 
 LIKELIHOODS = ("bernoulli", "logistic")
@@ -102,30 +103,12 @@ class LatentVariableModel(nn.Module):
         raise NotImplementedError
 
     def check_input(self, x: Tensor, name: str = "x") -> None:
-        """Raise a clear error unless x is a finite floating [B, D] tensor on this model's device."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(f"{name}: expected shape [B, {self.input_dim}], got {list(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name}: empty batch")
-        if not x.is_floating_point():
-            raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
-        device = next(self.parameters()).device
-        if x.device != device:
-            raise ValueError(f"{name}: on {x.device}, but the model is on {device}")
+        """Raise a clear error unless x is a floating [B, D] tensor on this model's device."""
+        check_rows(x, name, self.input_dim, next(self.parameters()).device)
 
     def check_latents(self, z: Tensor, name: str = "z") -> None:
         """Raise a clear error unless z is a floating [B, latent_dim] tensor on this model's device."""
-        if not isinstance(z, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(z).__name__}")
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"{name}: expected shape [B, {self.latent_dim}], got {list(z.shape)}")
-        if not z.is_floating_point():
-            raise TypeError(f"{name}: expected a floating dtype, got {z.dtype}")
-        device = next(self.parameters()).device
-        if z.device != device:
-            raise ValueError(f"{name}: on {z.device}, but the model is on {device}")
+        check_rows(z, name, self.latent_dim, next(self.parameters()).device)
 
     def forward(self, x: Tensor, indices: Tensor | None = None) -> ELBOTerms:
         """Single-sample ELBO terms for x [B, D].

@@ -62,6 +62,17 @@ def check_int(value: object, name: str, minimum: int) -> int:
     return value
 
 
+def check_rows(x: object, name: str, width: int, device: torch.device | None = None) -> Tensor:
+    """Return x if it is a non-empty floating [B, width] tensor (on `device` when given)."""
+    check_float(x, name)
+    check_shape(x, name, ("B", width))
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (B = 0)")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name}: on {x.device}, but expected {device}")
+    return x
+
+
 def check_same_device(**tensors: Tensor | None) -> None:
     """ValueError unless all given (non-None) tensors live on one device."""
     given = {name: t.device for name, t in tensors.items() if t is not None}

@@ -6,6 +6,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from ..ops.validation import check_int, check_rows
+
 Encoder = Callable[[Tensor], "tuple[Tensor, Tensor]"]
 """x [B, D] -> (mu [B, d], log_var [B, d]): a model's top-level posterior."""
 
@@ -48,18 +50,9 @@ class Prior(nn.Module):
 
     def check_latents(self, z: Tensor, name: str = "z") -> None:
         """Raise a clear error unless z is a floating [B, latent_dim] tensor."""
-        if not isinstance(z, Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(z).__name__}")
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"{name}: expected shape [B, {self.latent_dim}], got {list(z.shape)}")
-        if not z.is_floating_point():
-            raise TypeError(f"{name}: expected a floating dtype, got {z.dtype}")
+        check_rows(z, name, self.latent_dim)
 
 
 def check_count(value: int, name: str, minimum: int = 1) -> int:
-    """Return value if it is an int >= minimum, else raise naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return value
+    """Return value if it is an int >= minimum (default 1), else raise naming the argument."""
+    return check_int(value, name, minimum)
