@@ -1,18 +1,24 @@
 # Two commands on a fresh machine (Python 3.11, no GPU): `make demo` and `make test`.
 # Both create .venv on first use and install what they need. torch is pinned to the
 # CPU build 2.13.0; on a machine that already has a CUDA torch, set TORCH_SPEC="" to keep it.
+# triton 3.8.0 runs the Triton kernels' tests in its interpreter on CPU (3.6's interpreter
+# breaks with numpy 2); on a GPU machine set TRITON_SPEC="" to keep its own triton.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.8.0
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml setup.py
+# The install also compiles the C++ extension exvae_fast._C from csrc/ (against the torch
+# installed first: --no-build-isolation), so a change there reinstalls too.
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=23" "setuptools>=64" wheel
 	$(if $(TORCH_SPEC),$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)")
+	$(if $(TRITON_SPEC),$(PY) -m pip install --quiet --disable-pip-version-check "$(TRITON_SPEC)")
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[test]"
 	touch $(STAMP)
 

@@ -62,15 +62,15 @@ class LatentCache(nn.Module):
         self._host_step += steps
         self._step.fill_(self._host_step)
 
-    def update_(self, indices: Tensor, values: Tensor) -> None:
+    def update_(self, indices: Tensor, values: Tensor, backend: str = "auto") -> None:
         """Write values [K, d] (detached) at rows indices (int64 [K]); the last duplicate wins.
         Updates sq_norms and stamps (to the current step) of the written rows."""
         check_tensor(values, "values")
         cache_update_(self.means, indices, values.detach(), norms=self.sq_norms,
-                      stamps=self.stamps, step=self.step)
+                      stamps=self.stamps, step=self.step, backend=backend)
 
     def refresh_(self, encode: Callable[[Tensor], Tensor], data: Tensor, batch_size: int = 1000,
-                 progress: bool = False) -> None:
+                 progress: bool = False, backend: str = "auto") -> None:
         """Recompute every row: means[i:i+bs] = encode(data[i:i+bs]) under torch.no_grad().
 
         data: [N, ...], indexed along dim 0 (may live on another device: each batch is moved
@@ -88,7 +88,7 @@ class LatentCache(nn.Module):
                               desc="refreshing latent cache", unit="batch"):
                 stop = min(start + batch_size, self.num_items)
                 encoded = encode(data[start:stop].to(device))
-                self.update_(torch.arange(start, stop, device=device), encoded)
+                self.update_(torch.arange(start, stop, device=device), encoded, backend)
 
     def knn(self, queries: Tensor, k: int, candidates: Tensor | None = None,
             exclude: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:

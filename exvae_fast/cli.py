@@ -1,4 +1,4 @@
-"""`exvae` command line: train | evaluate | sample | augment.
+"""`exvae` command line: train | evaluate | sample | augment | bench.
 
 Errors in the user's input are printed as one line (no traceback) and exit with 2;
 a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
@@ -63,6 +63,10 @@ def _build_parser() -> argparse.ArgumentParser:
     au.add_argument("--checkpoint", default="best")
     au.add_argument("--device")
     au.add_argument("--seed", type=int, default=0)
+
+    be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
+    be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks) or plot (PNGs and README tables)")
+    be.add_argument("args", nargs=argparse.REMAINDER, help="passed to the target; `exvae bench TARGET --help`")
     return parser
 
 
@@ -158,7 +162,14 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "augment": _cmd_augment}
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench_cli import run
+
+    return run(args.target, args.args)
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "augment": _cmd_augment,
+            "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

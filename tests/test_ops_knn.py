@@ -1,12 +1,15 @@
 """knn_search (torch backend) against a brute-force float64 sort with (distance, index) order."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exvae_fast.ops import knn, knn_search
+from test_ops_mixture import largest_tensor
 
 
 def brute_force(queries, keys, k, candidates=None, exclude=None):
@@ -43,7 +46,7 @@ def small_blocks(monkeypatch):
 ])
 @pytest.mark.parametrize("key_dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_matches_brute_force(batch, size, dim, k, block, key_dtype, small_blocks):
-    small_blocks(batch * dim * block)
+    small_blocks(batch * block)
     gen = torch.Generator().manual_seed(size)
     queries = torch.randn(batch, dim, generator=gen)
     keys = torch.randn(size, dim, generator=gen).to(key_dtype)
@@ -51,7 +54,7 @@ def test_matches_brute_force(batch, size, dim, k, block, key_dtype, small_blocks
 
 
 def test_candidates_and_excluded_self(small_blocks):
-    small_blocks(4 * 3 * 2)
+    small_blocks(4 * 2)
     gen = torch.Generator().manual_seed(3)
     keys = torch.randn(30, 3, generator=gen)
     candidates = torch.tensor([29, 3, 17, 8, 0, 12, 21, 5])  # unsorted on purpose
@@ -69,7 +72,7 @@ def test_candidates_and_excluded_self(small_blocks):
 
 
 def test_ties_go_to_the_lower_index(small_blocks):
-    small_blocks(2 * 2 * 3)  # blocks of 3 keys: ties span blocks
+    small_blocks(2 * 3)  # blocks of 3 keys: ties span blocks
     keys = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0],
                          [1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
     queries = torch.zeros(2, 2)
@@ -90,7 +93,7 @@ def test_excluded_key_never_returned_even_at_infinite_distance():
 
 
 def test_exact_when_queries_sit_next_to_far_keys():
-    # ||q||^2 - 2 q.k + ||k||^2 in float32 cannot order these; exact distances can
+    # ||q||^2 - 2 q.k + ||k||^2 in float32 cannot order these; the centred float64 expansion can
     base = torch.full((1, 16), 4096.0)
     keys = base + torch.tensor([3e-3, 1e-3, 2e-3, 4e-3])[:, None] * torch.ones(1, 16)
     queries = base.clone()
@@ -103,6 +106,82 @@ def test_duplicate_keys_and_empty_batch():
     assert indices.tolist() == [[0, 2, 3]] and dists.tolist() == [[0.0, 0.0, 0.5]]
     dists, indices = knn_search(torch.zeros(0, 2), keys, 2)
     assert dists.shape == (0, 2) and indices.shape == (0, 2)
+
+
+def test_duplicate_keys_across_blocks_get_equal_distances_and_index_order(small_blocks):
+    small_blocks(5 * 4)  # blocks of 4 keys
+    gen = torch.Generator().manual_seed(7)
+    keys = 10.0 + torch.randn(30, 6, generator=gen)
+    keys[[9, 14, 22, 29]] = keys[2].clone()  # copies in other blocks, at other matmul columns
+    queries = torch.cat([keys[[2]] + 0.1 * torch.randn(4, 6, generator=gen), keys[[5]]])
+    dists, indices = knn_search(queries, keys, 30)
+    assert_same((dists, indices), brute_force(queries, keys, 30))
+    copies = (indices[:, :, None] == torch.tensor([2, 9, 14, 22, 29])).any(-1)
+    assert (dists[copies].view(5, 5) == dists[copies].view(5, 5)[:, :1]).all()
+    assert indices[copies].view(5, 5).tolist() == [[2, 9, 14, 22, 29]] * 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_expansion_error_within_documented_bound(dtype, offset):
+    # two clusters 10 apart (so centring cannot make all norms small), far from the origin
+    dim = 40
+    gen = torch.Generator().manual_seed(11)
+    centres = offset + 10.0 * torch.randn(2, dim, generator=gen, dtype=torch.float64)
+
+    def around_centres(n):
+        return centres[torch.arange(n) % 2] + torch.randn(n, dim, generator=gen, dtype=torch.float64)
+
+    x = around_centres(12).to(dtype)
+    close = x[:6] + 1e-4 * torch.randn(6, dim, generator=gen, dtype=dtype)
+    y = torch.cat([close, around_centres(10).to(dtype)])
+    centre = knn.centre_of(x)
+    cx, cy = knn.Centred.of(x, centre), knn.Centred.of(y, centre)
+    got = knn.sq_dists(cx, cy)
+    exact = torch.tensor([[float(sum((Fraction(a) - Fraction(b)) ** 2 for a, b in zip(u, v)))
+                           for v in y.double().tolist()] for u in x.double().tolist()],
+                         dtype=torch.float64)  # correctly rounded
+    bound = (dim + 4) * 2.0**-52 * (cx.norms[:, None] + cy.norms[None, :])
+    assert ((got - exact).abs() <= bound).all()
+    assert (got >= 0).all()
+
+
+def test_exact_rerank_absorbs_the_expansion_error(small_blocks):
+    # 8 keys at squared distance 1 + 2^-24 +- 1e-10 from query 0: exact distances round to 1
+    # (odd keys) or 1 + 2^-23 (even keys) in float32, while the expansion about the centre of
+    # a far-spread batch errs by ~1e-8 and rounds them at random
+    small_blocks(2 * 3)
+    gen = torch.Generator().manual_seed(0)
+    eps = torch.tensor([1e-10, -1e-10] * 4, dtype=torch.float64)
+    directions = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    directions = directions / directions.norm(dim=1, keepdim=True)
+    keys = torch.cat([torch.sqrt(1 + 2.0**-24 + eps)[:, None] * directions,
+                      torch.full((4, 4), 3.0, dtype=torch.float64)])
+    queries = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1e4, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    want = brute_force(queries, keys, 4)
+    assert want[1][0].tolist() == [1, 3, 5, 7]
+    centre = knn.centre_of(queries)
+    approx = knn.sq_dists(knn.Centred.of(queries, centre), knn.Centred.of(keys, centre)).float()
+    by_expansion = sorted(range(12), key=lambda j: (float(approx[0, j]), j))[:4]
+    assert by_expansion != [1, 3, 5, 7]  # the expansion alone would choose other keys
+    assert_same(knn_search(queries, keys, 4), want)
+
+
+def test_never_holds_batch_by_keys(small_blocks):
+    batch, size, dim, k, budget = 32, 20_000, 16, 10, 32 * 1024
+    small_blocks(budget)  # blocks of 1024 keys
+    gen = torch.Generator().manual_seed(2)
+    queries = torch.randn(batch, dim, generator=gen)
+    keys = torch.randn(size, dim, generator=gen)
+    candidates = torch.randperm(size, generator=gen)[: size // 2]
+    exclude = torch.arange(batch)
+    # one block's [B, c] distances, with the running top-k beside them, or the [N, d] keys
+    # (validation); [B, N] or a [B, c, d] difference tensor would exceed this
+    limit = max(batch * (budget // batch + k), size * dim)
+    assert limit < min(batch * size, budget * dim)
+    assert largest_tensor(lambda: knn_search(queries, keys, k, exclude=exclude)) <= limit
+    assert largest_tensor(lambda: knn_search(queries, keys, k, candidates, exclude)) <= limit
+    assert largest_tensor(lambda: torch.cdist(queries, keys).topk(k, largest=False)) >= batch * size
 
 
 @settings(max_examples=50, deadline=None)
@@ -127,7 +206,7 @@ def test_property_matches_brute_force(data, batch, size, dim, block, use_candida
         exclude = torch.where(exclude == (0 if candidates is None else candidates[0]), -1, exclude)
     k = data.draw(st.integers(1, pool - 1 if exclude is not None and pool > 1 else pool))
     old = knn.ELEMENT_BUDGET
-    knn.ELEMENT_BUDGET = batch * dim * block
+    knn.ELEMENT_BUDGET = batch * block
     try:
         got = knn_search(queries, keys, k, candidates=candidates, exclude=exclude)
     finally:

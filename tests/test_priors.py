@@ -243,3 +243,34 @@ def test_exemplar_prior_rejects_bad_indices_and_exemplars():
         ExemplarPrior(torch.full((4, D), float("nan")), d)
     with pytest.raises(ValueError, match="z"):
         prior.log_prob(torch.randn(2, d + 1), encoder=encoder, query=z, indices=torch.tensor([0, 1]))
+
+
+def test_run_wide_backend_maps_to_each_op():
+    from exvae_fast.ops.dispatch import backend_for
+
+    assert backend_for("mixture_log_density", "triton") == "triton"
+    assert backend_for("cache_update_", "triton") == "auto"
+    assert backend_for("knn_search", "cpp") == "auto" and backend_for("cache_update_", "cpp") == "cpp"
+    assert {backend_for(op, "torch") for op in ("mixture_log_density", "knn_search", "cache_update_")} == {"torch"}
+    with pytest.raises(ValueError, match="backend"):
+        ExemplarPrior(torch.rand(10, D), d, k=2, backend="cuda")
+
+
+@pytest.mark.parametrize("mode", ["exact", "retrieval"])
+def test_exemplar_prior_triton_backend_matches_torch(mode):
+    pytest.importorskip("triton")
+    results = []
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        exemplars = torch.rand(40, D)
+        encoder = LinearEncoder()
+        prior = ExemplarPrior(exemplars, d, mode=mode, num_exemplars=20, k=3, backend=backend)
+        prior.refresh(encoder)
+        idx = torch.tensor([1, 7, 30])
+        mu = encoder(exemplars[idx])[0]
+        z = mu + 0.1 * torch.randn_like(mu)
+        log_r = prior.train().log_prob(z, encoder=encoder, query=mu, indices=idx)
+        log_r.sum().backward()
+        results.append((log_r.detach(), prior.log_var.grad.clone(), encoder.lin.weight.grad.clone()))
+    for expected, got in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

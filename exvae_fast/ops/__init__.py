@@ -5,3 +5,20 @@ from .knn import knn_search
 from .mixture import mixture_log_density
 
 __all__ = ["cache_update_", "knn_search", "mixture_log_density"]
+
+
+def _register_triton_backends() -> None:
+    """Add the Triton kernels as backend "triton" when triton is installed (on CUDA they
+    become the "auto" choice; under TRITON_INTERPRET=1 they also run, slowly, on CPU)."""
+    try:
+        from ..kernels import knn_search as knn_kernel
+        from ..kernels import mixture_log_density as mixture_kernel
+    except ModuleNotFoundError as err:
+        if err.name != "triton":
+            raise
+        return
+    knn_kernel.register_backend()
+    mixture_kernel.register_backend()
+
+
+_register_triton_backends()

@@ -41,6 +41,23 @@ def register(op: str, backend: str, fn: Callable, *, devices: Collection[str] | 
     _REGISTRY.setdefault(op, {})[backend] = Implementation(fn, frozen, priority)
 
 
+OP_BACKENDS = {
+    "mixture_log_density": ("torch", "triton"),
+    "knn_search": ("torch", "triton"),
+    "cache_update_": ("torch", "cpp"),
+}
+"""The backends each op is written in (whether or not built on this machine)."""
+
+
+def backend_for(op: str, run_backend: str) -> str:
+    """The backend an op uses under one run-wide setting ("auto" | "torch" | "triton" | "cpp"):
+    the setting itself where the op has that backend, "auto" where it does not (so
+    `--backend triton` runs the Triton kernels and leaves the cache update to "auto")."""
+    if run_backend != "auto" and run_backend not in KNOWN_BACKENDS:
+        raise ValueError(f"backend: expected one of {', '.join(('auto',) + KNOWN_BACKENDS)}, got {run_backend!r}")
+    return run_backend if run_backend in ("auto", "torch") or run_backend in OP_BACKENDS[op] else "auto"
+
+
 def registered_backends(op: str) -> tuple[str, ...]:
     """Names of the backends registered for `op`, in registration order."""
     return tuple(_REGISTRY.get(op, {}))

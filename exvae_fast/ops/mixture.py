@@ -3,7 +3,16 @@
 The torch backend is the reference (oracle) of the fused kernels. It never holds a B x N
 matrix: the forward pass walks over blocks of components keeping a running logsumexp per
 row (FlashAttention style) and saves only that [B] vector; the backward pass walks again,
-recomputing each block's responsibilities from it.
+recomputing each block's responsibilities from it and turning them into gradients with
+matmuls (no [B, c, d] difference tensor in either pass).
+
+Every block is computed in float64, whatever the inputs' dtype: squared distances by the
+centred expansion of `knn.sq_dists`, then logits, responsibilities and the gradient sums
+(the z gradient accumulates over all blocks in float64); results are rounded to the inputs'
+dtypes at the end. A distance's error is at most (d + 4) * 2^-52 * S, S the squared norms
+of the pair about the centre of z (derivation and measurements in the knn module
+docstring), so a logit's is at most that over 2 sigma^2: for unit-scale data, far below
+float32 resolution unless sigma^2 is tiny.
 """
 from __future__ import annotations
 
@@ -13,16 +22,19 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .dispatch import implementation, register
+from .knn import Centred, centre_of, leave_out_, sq_dists
 from .validation import validate_mixture
 
 LOG_2PI = math.log(2.0 * math.pi)
 
-ELEMENT_BUDGET = 2**24
-"""Most elements in one block's [B, chunk, d] difference tensor: the block size is
-max(1, ELEMENT_BUDGET // (B * d)) components, which bounds the working memory."""
+ELEMENT_BUDGET = 2**21
+"""Most elements in one block's float64 [B, c] matrices (distances, logits,
+responsibilities): a block holds max(1, ELEMENT_BUDGET // B) components, which bounds the
+working memory."""
 
 
 def mixture_log_density(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tensor | None = None,
@@ -34,7 +46,7 @@ def mixture_log_density(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tens
     row b leaves out (-1: none). log_weights: [N] float, unnormalised log mixture weights
     (-inf drops a component); w_bj is their softmax over the components of row b, or
     uniform over those components when omitted.
-    Computes in float32 (float64 when any input is float64); returns [B] in z's dtype.
+    Computes in float64; returns [B] in z's dtype.
     Differentiable in z, means, log_var and log_weights (first order).
     """
     validate_mixture(z, means, log_var, exclude, log_weights)
@@ -44,44 +56,49 @@ def mixture_log_density(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tens
 
 @dataclass
 class _Block:
-    """One block of components [start, stop) against all B rows, in the compute dtype."""
+    """One block of components [start, stop) against all B rows, in float64."""
 
     rows: slice
-    diff: Tensor  # [B, c, d]: z_b - mu_j
+    means: Centred  # [c, d]: mu_j - centre
     sq_dist: Tensor  # [B, c]: ||z_b - mu_j||^2
-    logits: Tensor  # [B, c]: log w_j - ||z_b - mu_j||^2 / (2 sigma^2), -inf where j is left out
+    logits: Tensor  # [B, c]: log w_j - ||z_b - mu_j||^2 / (2 sigma^2), -inf where j is left
+    # out; the block's own tensor, which its consumer may overwrite
     log_weights: Tensor | None  # [B, c]: log w_j, -inf where j is left out (None when uniform)
 
 
-def _blocks(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tensor | None,
+def _blocks(z: Centred, means: Tensor, centre: Tensor, log_var: Tensor, exclude: Tensor | None,
             log_weights: Tensor | None) -> Iterator[_Block]:
-    """Blocks over the N components; z, log_var and log_weights are in the compute dtype."""
-    batch, dim = z.shape
+    """Blocks over the N components; log_var and log_weights are float64."""
+    batch = z.points.shape[0]
     size = means.shape[0]
-    step = max(1, ELEMENT_BUDGET // max(batch * dim, 1))
+    step = max(1, ELEMENT_BUDGET // max(batch, 1))
     half_precision = 0.5 * torch.exp(-log_var)
     for start in range(0, size, step):
         stop = min(start + step, size)
-        # direct differences, not ||z||^2 - 2 z.mu + ||mu||^2, which cancels when z is near mu
-        diff = z[:, None, :] - means[start:stop].to(z.dtype)[None, :, :]
-        sq_dist = diff.square().sum(-1)
-        logits = -half_precision * sq_dist
+        block = Centred.of(means[start:stop], centre)
+        sq_dist = sq_dists(z, block)
+        logits = sq_dist * -half_precision
         weights = None
         if log_weights is not None:
             weights = log_weights[start:stop].expand(batch, -1)
-            logits = logits + weights
+            logits += weights
         if exclude is not None:
-            left_out = exclude[:, None] == torch.arange(start, stop, device=z.device)[None, :]
-            logits = logits.masked_fill(left_out, float("-inf"))
+            leave_out_(logits, exclude, start, float("-inf"))
             if weights is not None:
-                weights = weights.masked_fill(left_out, float("-inf"))
-        yield _Block(slice(start, stop), diff, sq_dist, logits, weights)
+                weights = leave_out_(weights.clone(), exclude, start, float("-inf"))
+        yield _Block(slice(start, stop), block, sq_dist, logits, weights)
 
 
-def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
-    """float64 when any input is float64, else float32."""
-    wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
-    return torch.float64 if wide else torch.float32
+def _logsumexp_(logits: Tensor) -> Tensor:
+    """[B] row-wise logsumexp of a [B, c] float64 matrix, overwriting it (torch.logsumexp
+    allocates temporaries of its size); a row of -inf gives -inf."""
+    top = logits.amax(1, keepdim=True)
+    top = top.masked_fill(top == float("-inf"), 0.0)
+    return logits.sub_(top).exp_().sum(1).log_().add_(top[:, 0])
+
+
+def _float64(*tensors: Tensor | None) -> list[Tensor | None]:
+    return [None if t is None else t.to(torch.float64) for t in tensors]
 
 
 class _MixtureLogDensity(torch.autograd.Function):
@@ -90,19 +107,18 @@ class _MixtureLogDensity(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, z: Tensor, means: Tensor, log_var: Tensor,
                 exclude: Tensor | None, log_weights: Tensor | None) -> Tensor:
-        dtype = _compute_dtype(z, means, log_var, log_weights)
-        zc, lv = z.to(dtype), log_var.to(dtype)
-        lw = None if log_weights is None else log_weights.to(dtype)
+        lv, lw = _float64(log_var, log_weights)
         batch, dim = z.shape
-        lse = torch.full((batch,), float("-inf"), dtype=dtype, device=z.device)
+        centre = centre_of(z)
+        lse = torch.full((batch,), float("-inf"), dtype=torch.float64, device=z.device)
         norm = torch.full_like(lse, float("-inf"))
-        for block in _blocks(zc, means, lv, exclude, lw):
-            lse = torch.logaddexp(lse, torch.logsumexp(block.logits, dim=1))
+        for block in _blocks(Centred.of(z, centre), means, centre, lv, exclude, lw):
+            lse = torch.logaddexp(lse, _logsumexp_(block.logits))
             if block.log_weights is not None:
                 norm = torch.logaddexp(norm, torch.logsumexp(block.log_weights, dim=1))
         if lw is None:  # uniform weights: log of the number of components of each row
-            count = torch.full((batch,), means.shape[0], dtype=dtype, device=z.device)
-            norm = torch.log(count if exclude is None else count - (exclude >= 0).to(dtype))
+            count = torch.full((batch,), means.shape[0], dtype=torch.float64, device=z.device)
+            norm = torch.log(count if exclude is None else count - (exclude >= 0).to(torch.float64))
         ctx.save_for_backward(z, means, log_var, exclude, log_weights, lse, norm)
         return (lse - norm - 0.5 * dim * (LOG_2PI + lv)).to(z.dtype)
 
@@ -112,35 +128,43 @@ class _MixtureLogDensity(torch.autograd.Function):
                  ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None, Tensor | None]:
         z, means, log_var, exclude, log_weights, lse, norm = ctx.saved_tensors
         need_z, need_means, need_log_var, _, need_weights = ctx.needs_input_grad
-        dtype, dim = lse.dtype, z.shape[1]
-        zc, lv = z.to(dtype), log_var.to(dtype)
-        lw = None if log_weights is None else log_weights.to(dtype)
-        g = grad_out.to(dtype)
+        batch, dim = z.shape
+        lv, lw, g = _float64(log_var, log_weights, grad_out)
+        centre = centre_of(z)
+        zc = Centred.of(z, centre)
         # a row whose every logit is -inf (density underflow) has no responsibilities: p = 0
         lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
         precision = torch.exp(-lv)
-        grad_z = torch.zeros_like(zc) if need_z else None
+        # [g_b (z_b - c) | g_b]: P^T of it gives sum_b g_b p_bj (z_b - c) and sum_b g_b p_bj
+        weighted_z = torch.cat([g[:, None] * zc.points, g[:, None]], dim=1)
+        # [sum_j p_bj (mu_j - c) | sum_j p_bj], summed over the blocks in float64
+        pulled = torch.zeros((batch, dim + 1), dtype=torch.float64, device=z.device)
         grad_means = torch.empty_like(means) if need_means else None
         grad_weights = torch.empty_like(log_weights) if need_weights else None
-        weighted_sq_dist = torch.zeros((), dtype=dtype, device=z.device)
-        for block in _blocks(zc, means, lv, exclude, lw):
-            p = torch.exp(block.logits - lse[:, None])  # [B, c] responsibilities p_bj
-            gp = g[:, None] * p
-            if need_z:  # sum_j p_bj (mu_j - z_b) / sigma^2, scaled below
-                grad_z -= torch.einsum("bc,bcd->bd", gp, block.diff)
+        sq_dist_per_row = torch.zeros_like(lse)  # sum_j p_bj ||z_b - mu_j||^2
+        for block in _blocks(zc, means, centre, lv, exclude, lw):
+            p = block.logits.sub_(lse[:, None]).exp_()  # [B, c] responsibilities p_bj
+            mu = block.means.points
+            if need_z:
+                pulled += p @ F.pad(mu, (0, 1), value=1.0)
+            if need_means or need_weights:
+                weighted_p = (weighted_z.T @ p).T  # [c, d + 1]; faster than p.T @ weighted_z
             if need_means:  # sum_b g_b p_bj (z_b - mu_j) / sigma^2
-                grad_means[block.rows] = (torch.einsum("bc,bcd->cd", gp, block.diff) * precision
-                                          ).to(means.dtype)
+                pull = weighted_p[:, :dim] - weighted_p[:, dim:] * mu
+                grad_means[block.rows] = (pull * precision).to(means.dtype)
             if need_log_var:
-                weighted_sq_dist += (gp * block.sq_dist).sum()
+                sq_dist_per_row += torch.linalg.vecdot(p, block.sq_dist)
             if need_weights:  # sum_b g_b (p_bj - wtilde_bj), wtilde: row b's normalised weights
                 wtilde = torch.exp(block.log_weights - norm[:, None])
-                grad_weights[block.rows] = (g[:, None] * (p - wtilde)).sum(0).to(log_weights.dtype)
-        if need_z:
-            grad_z = (grad_z * precision).to(z.dtype)
+                grad_weights[block.rows] = (weighted_p[:, dim] - g @ wtilde).to(log_weights.dtype)
+        grad_z = None
+        if need_z:  # g_b sum_j p_bj (mu_j - z_b) / sigma^2
+            pull = pulled[:, :dim] - pulled[:, dim:] * zc.points
+            grad_z = (g[:, None] * pull * precision).to(z.dtype)
         grad_log_var = None
         if need_log_var:  # sum_b g_b (sum_j p_bj ||z_b - mu_j||^2 / (2 sigma^2) - d / 2)
-            grad_log_var = (0.5 * precision * weighted_sq_dist - 0.5 * dim * g.sum()).to(log_var.dtype)
+            grad_log_var = 0.5 * precision * (g @ sq_dist_per_row) - 0.5 * dim * g.sum()
+            grad_log_var = grad_log_var.to(log_var.dtype)
         return grad_z, grad_means, grad_log_var, None, grad_weights
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..ops.dispatch import backend_for
 from ..cache import LatentCache
 from .base import Encoder, Prior, check_count
 
@@ -63,6 +64,10 @@ class ExemplarPrior(Prior):
                              f"{' - 1 for leave-one-out' if leave_one_out else ''}), got {self.k}")
         self.leave_one_out = leave_one_out
         self.backend = backend
+        # One run-wide setting; each op takes it where it has that backend (else "auto").
+        self._mixture_backend = backend_for("mixture_log_density", backend)
+        self._knn_backend = backend_for("knn_search", backend)
+        self._update_backend = backend_for("cache_update_", backend)
         self.log_var = nn.Parameter(torch.tensor(float(init_log_var)))
         # Not persistent: the images come from the data set, not from checkpoints.
         self.register_buffer("exemplars", exemplars.detach(), persistent=False)
@@ -74,14 +79,15 @@ class ExemplarPrior(Prior):
 
     def refresh(self, encoder: Encoder, batch_size: int = 1000) -> None:
         """Re-encode every exemplar into the cache (no gradient, mode unchanged)."""
-        self.cache.refresh_(lambda x: encoder(x)[0], self.exemplars, batch_size)
+        self.cache.refresh_(lambda x: encoder(x)[0], self.exemplars, batch_size,
+                            backend=self._update_backend)
 
     def log_prob(self, z: Tensor, *, encoder: Encoder | None = None,
                  query: Tensor | None = None, indices: Tensor | None = None) -> Tensor:
         self.check_latents(z)
         if not self.training:
             self.cache.check_complete()
-            return ops.mixture_log_density(z, self.cache.means, self.log_var, backend=self.backend)
+            return ops.mixture_log_density(z, self.cache.means, self.log_var, backend=self._mixture_backend)
         if encoder is None:
             raise ValueError("encoder: the exemplar prior needs the model's encoder in training")
         indices = self._check_indices(indices, z.shape[0])
@@ -123,26 +129,29 @@ class ExemplarPrior(Prior):
         subset = self._draw_subset()
         means = encoder(self.exemplars[subset])[0]
         exclude = self._positions(subset, indices)
-        log_r = ops.mixture_log_density(z, means, self.log_var, exclude=exclude, backend=self.backend)
-        self.cache.update_(subset, means.detach())  # free write-back: keeps the cache fresh
+        log_r = ops.mixture_log_density(z, means, self.log_var, exclude=exclude,
+                                        backend=self._mixture_backend)
+        # free write-back: keeps the cache fresh
+        self.cache.update_(subset, means.detach(), backend=self._update_backend)
         if query is not None and indices is not None:
-            self.cache.update_(indices, query.detach())
+            self.cache.update_(indices, query.detach(), backend=self._update_backend)
         return log_r
 
     def _log_prob_retrieval(self, z: Tensor, encoder: Encoder, query: Tensor, indices: Tensor) -> Tensor:
         self.cache.check_complete()
         # The batch's own fresh means go in first, so that rows of this batch find each
         # other with up-to-date positions; self-matches are excluded by the search.
-        self.cache.update_(indices, query)
+        self.cache.update_(indices, query, backend=self._update_backend)
         subset = self._draw_subset()
         exclude = indices if self.leave_one_out else None
-        _, neighbours = self.cache.knn(query, self.k, candidates=subset, exclude=exclude, backend=self.backend)
+        _, neighbours = self.cache.knn(query, self.k, candidates=subset, exclude=exclude,
+                                       backend=self._knn_backend)
         union = torch.unique(neighbours)  # sorted; each neighbour re-encoded once
         means = encoder(self.exemplars[union])[0]
-        self.cache.update_(union, means.detach())
+        self.cache.update_(union, means.detach(), backend=self._update_backend)
         exclude_in_union = self._positions(union, indices)
         log_mixture = ops.mixture_log_density(z, means, self.log_var, exclude=exclude_in_union,
-                                              backend=self.backend)
+                                              backend=self._mixture_backend)
         # mixture_log_density averages over the U'_b members taking part; Algorithm 1
         # divides the sum by M (M - 1 when the row's own exemplar is in pi).
         taking_part = torch.full_like(log_mixture, float(union.numel()))

@@ -1,0 +1,229 @@
+"""Device metadata of bench/ results: which device, processor, versions, commit, the fused
+backends each op has there, and the datasheet peak bandwidth. Re-exported by common.py,
+which is what the bench scripts import."""
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+
+BACKEND_MODULES = (("exvae_fast.kernels.mixture_log_density", "mixture_log_density", "triton"),
+                   ("exvae_fast.kernels.knn_search", "knn_search", "triton"),
+                   ("exvae_fast._C", "cache_update_", "cpp"))
+"""(module, op, backend) of the fused backends. `load_backends` imports each module it can;
+when the import left the backend unregistered and the module has a `register_backend()`,
+it calls that (and says so in the metadata). A missing module only means an absent backend."""
+
+# Vendor datasheet peak DRAM bandwidth, bytes/s, matched by substring of the lower-cased
+# device name (first match wins, so longer names come first). KINDS.md measured about
+# 4.3 TB/s for a device-to-device copy on an H200: fractions near 0.9 are the ceiling.
+PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
+    ("h200", 4.8e12),
+    ("h100 pcie", 2.0e12),
+    ("h100", 3.35e12),
+    ("gh200", 4.0e12),
+    ("a100-sxm4-80gb", 2.039e12),
+    ("a100 80gb pcie", 1.935e12),
+    ("a100", 1.555e12),
+    ("l40s", 0.864e12),
+    ("l4", 0.3e12),
+    ("a10g", 0.6e12),
+    ("a10", 0.6e12),
+    ("t4", 0.32e12),
+    ("v100", 0.9e12),
+    ("rtx 4090", 1.008e12),
+    ("rtx 3090", 0.936e12),
+)
+
+
+def bench_device(name: str | None = None) -> torch.device:
+    """The device to benchmark: `name`, else $EXVAE_BENCH_DEVICE, else cuda when available."""
+    name = name or os.environ.get("EXVAE_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def apply_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads to `threads`, else $EXVAE_BENCH_THREADS when set; returns the
+    count in force. One thread is the robust choice on a loaded machine (OpenMP threads
+    that wait for each other on oversubscribed cores can run 100x slower)."""
+    if threads is None and os.environ.get("EXVAE_BENCH_THREADS"):
+        threads = int(os.environ["EXVAE_BENCH_THREADS"])
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads: expected >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages of the machine (None where unknown): a CPU timing
+    taken while other work ran is noisy."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU): call before reading a host clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_model() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _slugify(text: str) -> str:
+    out = "".join(c if c.isalnum() else "-" for c in text.lower())
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-") or "unknown"
+
+
+def peak_bandwidth(device_name: str) -> float | None:
+    """Datasheet peak memory bandwidth (bytes/s) for a GPU name, None when unknown or CPU."""
+    lowered = device_name.lower()
+    for key, value in PEAK_BANDWIDTH:
+        if key in lowered:
+            return value
+    return None
+
+
+def git_info() -> dict[str, Any]:
+    """Commit of the checkout and whether tracked files differ from it."""
+    def run(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+    commit = run("rev-parse", "HEAD")
+    dirty = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if dirty is None else bool(dirty)}
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+
+
+_BACKEND_FAILURES: dict[str, str] | None = None
+REGISTERED_BY_BENCH: list[str] = []
+"""Backends that bench/ registered itself through a module's register_backend()."""
+
+
+def load_backends() -> dict[str, str]:
+    """Import the modules of the fused backends (once); returns {module: error} of those that
+    failed (a module that does not exist yet is reported, not raised)."""
+    global _BACKEND_FAILURES
+    if _BACKEND_FAILURES is None:
+        import exvae_fast  # noqa: F401  (registers the torch reference, and whatever it wires)
+        from exvae_fast.ops import dispatch
+
+        _BACKEND_FAILURES = {}
+        for name, op, backend in BACKEND_MODULES:
+            try:
+                module = importlib.import_module(name)
+                hook = getattr(module, "register_backend", None)
+                if backend not in dispatch.registered_backends(op) and callable(hook):
+                    hook()
+                    REGISTERED_BY_BENCH.append(f"{op}/{backend} via {name}.register_backend()")
+            except Exception as err:  # noqa: BLE001  any import failure only disables a backend
+                _BACKEND_FAILURES[name] = f"{type(err).__name__}: {err}".splitlines()[0]
+    return dict(_BACKEND_FAILURES)
+
+
+def backends_info(device: torch.device) -> dict[str, Any]:
+    """Registered backends of each op and what backend="auto" resolves to on `device`."""
+    from exvae_fast.ops import dispatch
+
+    probe = torch.empty(1, device=device)
+    out: dict[str, Any] = {}
+    for op in ("mixture_log_density", "knn_search", "cache_update_"):
+        try:
+            auto = dispatch.resolve_backend(op, "auto", probe)
+        except ValueError as err:
+            auto = f"unavailable: {err}"
+        out[op] = {"registered": list(dispatch.registered_backends(op)), "auto": auto}
+    return out
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """Everything a result needs to be read later: device, processor, versions, commit."""
+    failures = load_backends()
+    info: dict[str, Any] = {
+        "type": device.type,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": load_average(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "triton": _version("triton"),
+        "faiss": _version("faiss"),
+        "pykeops": _version("pykeops"),
+        "exvae_fast": _version("exvae_fast"),
+        "git": git_info(),
+        "backend_import_errors": failures,
+        "backends_registered_by_bench": list(REGISTERED_BY_BENCH),
+        "backends": backends_info(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        name = props.name
+        info.update({
+            "name": name,
+            "gpu_name": name,
+            "gpu_count": torch.cuda.device_count(),
+            "gpu_memory_bytes": props.total_memory,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count,
+            "driver": _nvidia_driver(),
+            "peak_bandwidth_bytes_per_s": peak_bandwidth(name),
+            "peak_bandwidth_source": "vendor datasheet (bench/common.py PEAK_BANDWIDTH)"
+            if peak_bandwidth(name) else None,
+        })
+        info["slug"] = _slugify(name)
+    else:
+        info.update({"name": f"CPU: {info['cpu_model']}", "gpu_name": None,
+                     "peak_bandwidth_bytes_per_s": None, "peak_bandwidth_source": None})
+        info["slug"] = "cpu-" + _slugify(info["cpu_model"])
+    return info
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        dist = {"exvae_fast": "exvae-fast", "faiss": "faiss-cpu"}.get(module, module)
+        try:
+            return version(dist)
+        except Exception:  # noqa: BLE001
+            return getattr(importlib.import_module(module), "__version__", None)
+    except Exception:  # noqa: BLE001
+        return None

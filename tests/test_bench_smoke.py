@@ -1,0 +1,138 @@
+"""Smoke tests of bench/ on CPU: the s/epoch script on a tiny synthetic set through
+`exvae bench epoch`, the pytest-benchmark converter, and plot.py's PNGs and README section
+on small generated documents. The benchmarks themselves are not run here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from exvae_fast import cli
+from exvae_fast.bench_cli import load_script
+
+
+@pytest.fixture(scope="module")
+def common():
+    return load_script("common")
+
+
+def _device(common, **overrides):
+    info = common.device_info(common.bench_device("cpu"))
+    info.update(overrides)
+    return info
+
+
+def test_epoch_time_runs_on_cpu_and_writes_a_results_document(tmp_path, capsys):
+    out = tmp_path / "epoch.json"
+    status = cli.main(["bench", "epoch", "--device", "cpu", "--threads", "1", "--models", "vae",
+                       "--priors", "standard,vamp500,exact-torch,retrieval-torch", "--datasets", "omniglot",
+                       "--size-scale", "0.01", "--steps", "1", "--repeats", "2", "--warmup-steps", "1",
+                       "--out", str(out)])
+    assert status == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "exvae-bench/1" and doc["kind"] == "epoch_time"
+    assert doc["device"]["type"] == "cpu" and doc["device"]["slug"].startswith("cpu-")
+    assert doc["device"]["torch"] and "commit" in doc["device"]["git"]
+    assert doc["settings"]["size_scale"] == 0.01 and doc["settings"]["repeats"] == 2
+    by_prior = {r["prior"]: r for r in doc["results"]}
+    assert set(by_prior) == {"standard", "vamp500", "exact-torch", "retrieval-torch"}
+    for r in by_prior.values():
+        assert r["status"] == "ok", r["status"]
+        assert r["data_shape"] == [230, 784]
+        assert r["steps_per_epoch"] == 3 and r["timed_steps"] == 1 and r["extrapolated"] is True
+        assert len(r["repeats_s_per_epoch"]) == 2
+        assert 0 < r["s_per_epoch"]["min"] <= r["s_per_epoch"]["median"] <= r["s_per_epoch"]["max"]
+    assert by_prior["vamp500"]["ratio_to_vamp500"] == pytest.approx(1.0)
+    assert by_prior["exact-torch"]["ratio_to_exact_torch"] == pytest.approx(1.0)
+    assert by_prior["exact-torch"]["num_exemplars"] == 115  # half the set, below the 25,000 cap
+    assert by_prior["retrieval-torch"]["backends"] == {
+        "mixture_log_density": "torch", "knn_search": "torch", "cache_update_": "torch"}
+    assert by_prior["standard"]["backends"] is None
+    printed = capsys.readouterr().out
+    assert "extrapolated" in printed and "| VAE | Omniglot-shaped | Standard |" in printed
+
+
+def test_epoch_time_rejects_bad_settings(capsys):
+    assert cli.main(["bench", "epoch", "--epochs-fraction", "0", "--no-write"]) == 2
+    assert "--epochs-fraction" in capsys.readouterr().err
+    assert cli.main(["bench", "nonsense"]) == 2
+
+
+def _raw_benchmark(device: dict) -> dict:
+    def bench(name, provider, mode, n, median, nbytes):
+        return {"name": name, "stats": {"median": median, "min": median * 0.9, "max": median * 1.2,
+                                        "mean": median, "stddev": 0.0, "rounds": 7, "q1": median, "q3": median},
+                "extra_info": {"op": "mixture_log_density", "provider": provider, "mode": mode, "N": n,
+                               "B": 100, "d": 40, "variant": "", "bytes": nbytes, "flops": 2 * 100 * n * 40}}
+    return {"machine_info": {"exvae_device": device}, "datetime": "2026-01-01T00:00:00+00:00", "version": "5",
+            "benchmarks": [bench(f"t[{p}-{n}]", p, "forward", n, 1e-4 * n / 1000 * (2 if p == "torch" else 1),
+                                 n * 160) for p in ("torch", "triton") for n in (1000, 10000)],
+            "exvae": {"skipped": [{"case": "t[cpp-1000]", "reason": "cpp is not available"}],
+                      "settings": {"B": 100, "d": 40, "k": 10, "quick": True}}}
+
+
+def test_convert_benchmark_json_computes_bandwidth(common):
+    device = _device(common, name="NVIDIA H200", type="cuda", slug="nvidia-h200",
+                     peak_bandwidth_bytes_per_s=4.8e12)
+    doc = common.convert_benchmark_json(_raw_benchmark(device))
+    assert doc["kind"] == "ops" and doc["device"]["slug"] == "nvidia-h200"
+    assert len(doc["results"]) == 4 and doc["skipped"][0]["reason"] == "cpp is not available"
+    r = next(r for r in doc["results"] if r["provider"] == "triton" and r["params"]["N"] == 10000)
+    assert r["time_s"]["median"] == pytest.approx(1e-3)
+    assert r["gbps"] == pytest.approx(10000 * 160 / 1e-3 / 1e9)
+    assert r["peak_bandwidth_fraction"] == pytest.approx(10000 * 160 / 1e-3 / 4.8e12)
+    assert doc["created"] == "2026-01-01T00:00:00Z"
+    table = load_script("tables").op_table(doc, "mixture_log_density")
+    assert "| triton | forward | - | 0.1 ms (1.6 GB/s, 0.033%) | 1 ms (1.6 GB/s, 0.033%) |" in table
+    assert "bytes" not in r["params"] and r["params"]["N"] == 10000
+
+
+def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
+    device = _device(common)
+    ops_doc = common.convert_benchmark_json(_raw_benchmark(device))
+    ops_path = common.write_json(ops_doc, tmp_path / "docs" / "ops.json")
+    record = {"model": "vae", "model_label": "VAE", "dataset": "mnist", "dataset_label": "MNIST-shaped",
+              "status": "ok", "timed_steps": 5, "steps_per_epoch": 500, "extrapolated": True,
+              "backends": None}
+    results = []
+    for prior, label, seconds in (("vamp500", "VampPrior(500)", 4.0), ("exact-torch", "Exemplar exact", 40.0),
+                                  ("retrieval-fused", "Exemplar fused", 3.0)):
+        results.append({**record, "prior": prior, "prior_label": label,
+                        "s_per_epoch": common.summarize([seconds, seconds * 1.1, seconds * 0.9])})
+    results.append({**record, "prior": "standard", "prior_label": "Standard", "status": "error: OOM"})
+    load_script("tables").add_ratios(results)
+    epoch_doc = common.result_document("epoch_time", device, {"preset": "quick", "repeats": 3}, results)
+    epoch_path = common.write_json(epoch_doc, tmp_path / "docs" / "epoch.json")
+    readme = tmp_path / "README.md"
+    plot = load_script("plot")
+    readme.write_text(f"# intro\n\n{plot.README_BEGIN}\nold table\n{plot.README_END}\n\n## after\n")
+
+    status = cli.main(["bench", "plot", "--files", str(ops_path), str(epoch_path),
+                       "--out-dir", str(tmp_path / "png"), "--markdown", str(readme)])
+    assert status == 0
+    pngs = sorted(p.name for p in (tmp_path / "png" / device["slug"]).iterdir())
+    assert pngs == ["epoch_time.png", "ops_mixture_log_density.png"]
+    for name in pngs:
+        assert (tmp_path / "png" / device["slug"] / name).read_bytes()[:4] == b"\x89PNG"
+    text = readme.read_text()
+    assert text.startswith("# intro\n") and text.rstrip().endswith("## after") and "old table" not in text
+    assert "(CPU: numbers from a CPU, not a GPU)" in text
+    assert "| VAE | MNIST-shaped | Exemplar fused | 3.00 | 2.70-3.30 | 0.75 | 0.07 | 5 / 500 |" in text
+    assert "error: OOM" in text and "cpp is not available" in text
+    assert "| triton | forward | - | 0.1 ms | 1 ms |" in text  # no GB/s without a peak bandwidth
+
+
+def test_bench_ops_runs_one_case_through_pytest_benchmark(tmp_path):
+    pytest.importorskip("pytest_benchmark", reason="the op micro-benchmarks need pytest-benchmark")
+    out = tmp_path / "ops.json"
+    status = cli.main(["bench", "ops", "--device", "cpu", "--threads", "1", "--max-n", "1000", "--no-raw",
+                       "-k", "test_knn_search and forward-all-torch-N1000", "--out", str(out)])
+    assert status == 0
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "ops" and doc["device"]["type"] == "cpu"
+    (record,) = doc["results"]
+    assert (record["op"], record["provider"], record["mode"]) == ("knn_search", "torch", "forward")
+    assert record["params"]["N"] == 1000 and record["params"]["variant"] == "all"
+    assert record["time_s"]["count"] >= 3 and record["time_s"]["median"] > 0
+    assert record["bytes"] == 1000 * 40 * 4 and record["gbps"] > 0 and record["peak_bandwidth_fraction"] is None
+    assert all("above the largest N" in s["reason"] for s in doc["skipped"])

@@ -1,0 +1,432 @@
+"""Fused Triton mixture log-density against the torch reference and an independent float64
+[B, N] formula (forward and every gradient). Without CUDA the kernels run in the Triton
+interpreter on CPU (conftest sets TRITON_INTERPRET=1), so shapes stay small; `gpu` tests
+run natively on CUDA."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from exvae_fast.kernels import mixture_log_density as fused
+from exvae_fast.ops import dispatch, mixture_log_density
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+NEG_INF = float("-inf")
+GRAD_NAMES = ("z", "means", "log_var", "log_weights")
+
+if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs CUDA or the Triton interpreter", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def fixed_config(monkeypatch):
+    """One block configuration per d (no autotuning: on CUDA every config is a separate
+    compile); test_gpu_autotuned turns autotuning back on."""
+    monkeypatch.setattr(fused, "AUTOTUNE", False)
+
+
+def reference64(z, means, log_var, exclude=None, log_weights=None):
+    """float64 log sum_j w_bj N(z_b | mu_j, sigma^2 I) from the explicit [B, N] matrix, by
+    direct differences; its gradients come from autograd (independent of any backward)."""
+    z, means, log_var = z.double(), means.double(), log_var.double()
+    batch, dim = z.shape
+    sq = ((z[:, None, :] - means[None, :, :]) ** 2).sum(-1)
+    log_normal = -0.5 * dim * (math.log(2 * math.pi) + log_var) - sq / (2 * torch.exp(log_var))
+    if log_weights is None:
+        log_weights = torch.zeros(means.shape[0], dtype=torch.float64, device=z.device)
+    logw = log_weights.double().expand(batch, -1)
+    if exclude is not None:
+        cols = torch.arange(means.shape[0], device=z.device)
+        logw = logw.masked_fill(cols[None, :] == exclude[:, None], NEG_INF)
+    logw = logw - torch.logsumexp(logw, dim=1, keepdim=True)
+    return torch.logsumexp(logw + log_normal, dim=1)
+
+
+def make_inputs(batch, size, dim, *, means_dtype=torch.float32, seed=0, spread=0.7):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, dim, generator=gen)
+    means = (z[torch.randint(batch, (size,), generator=gen)]
+             + spread * torch.randn(size, dim, generator=gen))
+    log_var = torch.tensor(-0.3 + 0.1 * math.log(dim))
+    return z.to(DEVICE), means.to(DEVICE, means_dtype), log_var.to(DEVICE)
+
+
+def grads_of(fn, tensors):
+    """fn(*tensors) and the gradients of (out * fixed weights).sum() wrt every tensor."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = fn(*leaves)
+    weights = 0.5 + 0.25 * torch.arange(out.shape[0], dtype=out.dtype, device=out.device)
+    (out * weights).sum().backward()
+    return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def run_all(z, means, log_var, exclude=None, log_weights=None):
+    """(out, grads) of the fused kernels, the torch reference and the float64 formula."""
+    tensors = [z, means, log_var] + ([log_weights] if log_weights is not None else [])
+
+    def call(impl):
+        return lambda z, m, lv, lw=None: impl(z, m, lv, exclude, lw)
+
+    torch_ref = lambda *a: mixture_log_density(*a, backend="torch")  # noqa: E731
+    return (grads_of(call(fused.mixture_log_density), tensors),
+            grads_of(call(torch_ref), tensors),
+            grads_of(call(reference64), [t.double() for t in tensors]))
+
+
+GRAD_SCALE_TOL = 5e-5
+"""float32 tolerance of a gradient, on top of rtol 1e-4 / atol 1e-5 elementwise: this share
+of the tensor's largest entry. Tiles the kernels do not refine carry logit errors up to
+REFINE_TOLERANCE (4e-5 nats), i.e. responsibilities p off by up to that relative amount."""
+
+
+def assert_matches(result, ref, *, out_tol=1e-5, grad_tol=1e-4, grad_atol=1e-5, dtypes=None):
+    (out, grads), (ref_out, ref_grads) = result, ref
+    torch.testing.assert_close(out.double(), ref_out.double(), rtol=out_tol, atol=out_tol)
+    for i, (got, want) in enumerate(zip(grads, ref_grads)):
+        if dtypes is not None:
+            assert got.dtype == dtypes[i], GRAD_NAMES[i]
+        atol = grad_atol + GRAD_SCALE_TOL * float(want.abs().max())
+        torch.testing.assert_close(got.double(), want.double(), rtol=grad_tol, atol=atol,
+                                   msg=lambda m, i=i: f"grad {GRAD_NAMES[i]}: {m}")
+
+
+def mode_args(mode, batch, size):
+    exclude = log_weights = None
+    if "exclude" in mode:
+        exclude = (torch.arange(batch) % (size + 1) - 1).to(DEVICE)  # -1 and several indices
+    if "weights" in mode:
+        log_weights = torch.linspace(-2.0, 1.0, size)
+        if size > 2:
+            log_weights[1] = NEG_INF  # a dropped component
+        log_weights = log_weights.to(DEVICE)
+    return exclude, log_weights
+
+
+SHAPES = [  # (B, N, d): N=1, N not a multiple of the 16-block, several chunks, B > block
+    (1, 1, 1), (3, 1, 5), (5, 7, 1), (4, 37, 3), (17, 40, 16)]
+WIDE = [(6, 40, 128), (3, 16, 256)]  # d=128, d=256: one mode each (the interpreter is slow)
+MODES = ["uniform", "exclude", "weights", "weights+exclude"]
+
+
+@pytest.mark.parametrize("batch,size,dim,mode", [
+    (*shape, mode) for shape in SHAPES for mode in MODES
+    if shape[1] > 1 or "exclude" not in mode] + [(*shape, "weights+exclude") for shape in WIDE])
+def test_matches_references_forward_and_backward(batch, size, dim, mode):
+    z, means, log_var = make_inputs(batch, size, dim)
+    exclude, log_weights = mode_args(mode, batch, size)
+    ours, torch_ref, exact = run_all(z, means, log_var, exclude, log_weights)
+    assert ours[0].dtype == torch.float32 and ours[0].shape == (batch,)
+    assert_matches(ours, torch_ref, dtypes=[torch.float32] * 4)
+    assert_matches(ours, exact)
+
+
+@pytest.mark.parametrize("means_dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_means(means_dtype):
+    z, means, log_var = make_inputs(5, 23, 6, means_dtype=means_dtype)
+    exclude = torch.tensor([0, -1, 22, 3, 7], device=DEVICE)
+    ours, torch_ref, exact = run_all(z, means, log_var, exclude)
+    # both compute in float32 from the same rounded means; grad means is rounded to their dtype
+    assert_matches(ours, torch_ref, grad_tol=1e-2, grad_atol=1e-2,
+                   dtypes=[torch.float32, means_dtype, torch.float32])
+    assert_matches(ours, exact, grad_tol=1e-2, grad_atol=1e-2)
+    torch.testing.assert_close(ours[1][0], torch_ref[1][0], rtol=1e-4, atol=1e-5)  # grad z
+
+
+def test_duplicates_and_all_but_one_left_out():
+    z, means, log_var = make_inputs(4, 3, 5)
+    twice = torch.cat([means, means, means[:1]])  # duplicated rows (N=7)
+    ours, _, exact = run_all(z, twice, log_var, torch.tensor([0, 3, -1, 6], device=DEVICE))
+    assert_matches(ours, exact)
+    # N=2, every row leaves out component 0: a single Gaussian remains
+    exclude = torch.zeros(4, dtype=torch.long, device=DEVICE)
+    ours, _, exact = run_all(z, means[:2], log_var, exclude)
+    assert_matches(ours, exact)
+    single = fused.mixture_log_density(z, means[1:2], log_var)
+    torch.testing.assert_close(ours[0], single, rtol=1e-6, atol=1e-5)
+    # all components but two dropped by -inf weights, and one of those two excluded
+    lw = torch.tensor([NEG_INF, 0.5, 2.0], device=DEVICE)
+    ours, _, exact = run_all(z, means, log_var, torch.tensor([1, 2, -1, 1], device=DEVICE), lw)
+    assert_matches(ours, exact)
+
+
+def test_log_weights_with_neg_inf_entries():
+    z, means, log_var = make_inputs(6, 45, 4, seed=3)
+    lw = torch.randn(45, generator=torch.Generator().manual_seed(1)) * 2
+    lw[::3] = NEG_INF
+    lw = lw.to(DEVICE)
+    exclude = torch.tensor([1, 0, -1, 44, 17, 2], device=DEVICE)
+    ours, torch_ref, exact = run_all(z, means, log_var, exclude, lw)
+    assert_matches(ours, torch_ref)
+    assert_matches(ours, exact)
+    assert torch.all(ours[1][3][::3] == 0)  # dropped components get no gradient
+
+
+def loo_inputs(batch, size, dim, offset, log_var, seed=0):
+    """z_b 1e-3 away from mu_b (the nearest neighbour), far from the origin."""
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(size, dim, generator=gen) + offset
+    z = means[:batch] + 1e-3 * torch.randn(batch, dim, generator=gen)
+    return z.to(DEVICE), means.to(DEVICE), torch.tensor(log_var, device=DEVICE)
+
+
+@pytest.mark.parametrize("offset,log_var", [(0.0, 0.0), (0.0, -6.0), (100.0, -6.0)])
+def test_near_neighbour_precision_against_float64(offset, log_var):
+    """Documented bound: |out - out64| <= 3e-5 + 5e-7 |out| when z is 1e-3 from a mean
+    (included: the dot expansion would cancel, the tile is refined) or leaves it out (LOO),
+    d=40, sigma^2 down to e^-6; measured in the interpreter: <= 1e-5 + 2.2e-7 |out|."""
+    z, means, lv = loo_inputs(16, 40, 40, offset, log_var)
+    for exclude in (None, torch.arange(16, device=DEVICE)):
+        (out, grads), _, (want, want_grads) = run_all(z, means, lv, exclude)
+        err = (out.double() - want).abs()
+        assert bool((err <= 3e-5 + 5e-7 * want.abs()).all()), err.max()
+        for name, got, ref in zip(GRAD_NAMES, grads, want_grads):
+            scale = ref.abs().max()
+            assert (got.double() - ref).abs().max() <= 1e-4 * scale + 1e-5, name
+
+
+def test_refinement_is_what_makes_near_neighbours_exact(monkeypatch):
+    z, means, lv = loo_inputs(16, 40, 40, 3.0, -6.0)
+    want = reference64(z, means, lv)
+    errors = {}
+    for tol in (math.inf, fused.REFINE_TOLERANCE, 0.0):
+        monkeypatch.setattr(fused, "REFINE_TOLERANCE", tol)
+        errors[tol] = (fused.mixture_log_density(z, means, lv).double() - want).abs().max()
+    assert errors[fused.REFINE_TOLERANCE] <= 3e-5 and errors[0.0] <= 3e-5
+    assert errors[math.inf] > 10 * errors[0.0]  # the plain expansion: ~1e-3 here
+
+
+@settings(max_examples=8, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 20), size=st.integers(1, 40),
+       dim=st.integers(1, 20), use_weights=st.booleans())
+def test_property_random_shapes(data, batch, size, dim, use_weights):
+    seed = data.draw(st.integers(0, 2**16))
+    z, means, log_var = make_inputs(batch, size, dim, seed=seed)
+    exclude = torch.tensor(data.draw(st.lists(st.integers(-1, size - 1), min_size=batch,
+                                              max_size=batch)))
+    log_weights = None
+    if use_weights:
+        finite = st.floats(-3, 3, allow_nan=False)
+        log_weights = torch.tensor(data.draw(st.lists(st.one_of(finite, st.just(NEG_INF)),
+                                                      min_size=size, max_size=size)))
+        log_weights[data.draw(st.integers(0, size - 1))] = 3.5  # keep one alive ...
+    if size == 1 or use_weights:  # ... and let no row leave out its last component
+        keep = 0 if size == 1 else int(log_weights.argmax())
+        exclude = torch.where(exclude == keep, -1, exclude)
+        log_weights = None if log_weights is None else log_weights.to(DEVICE)
+    ours, _, exact = run_all(z, means, log_var, exclude.to(DEVICE), log_weights)
+    assert_matches(ours, exact)
+
+
+# --- integration: dtypes, layouts, fallbacks, registry ---------------------------------------
+
+def test_non_contiguous_inputs_and_partial_grads():
+    z, means, log_var = make_inputs(6, 30, 8)
+    zt = z.t().contiguous().t()  # same values, column-major
+    mt = torch.cat([means, means], 1)[:, :8]  # strided view
+    assert not zt.is_contiguous() and not mt.is_contiguous()
+    torch.testing.assert_close(fused.mixture_log_density(zt, mt, log_var),
+                               fused.mixture_log_density(z, means, log_var))
+    # only z needs a gradient: the means pass is skipped, the z gradient is unchanged
+    (_, (gz_all, _, _)) = grads_of(fused.mixture_log_density, [z, means, log_var])
+    leaf = z.clone().requires_grad_(True)
+    fused.mixture_log_density(leaf, means, log_var).mul(
+        0.5 + 0.25 * torch.arange(6, device=DEVICE)).sum().backward()
+    torch.testing.assert_close(leaf.grad, gz_all)
+    with torch.no_grad():
+        assert fused.mixture_log_density(z, means, log_var).shape == (6,)
+
+
+def test_float64_goes_to_the_reference_and_passes_gradcheck():
+    z, means, log_var = (t.double() for t in make_inputs(3, 5, 2, seed=1))
+    exclude = torch.tensor([4, -1, 0], device=DEVICE)
+    lw = torch.tensor([0.3, -1.0, NEG_INF, 2.0, 0.1], dtype=torch.float64, device=DEVICE)
+    out = fused.mixture_log_density_triton(z, means, log_var, exclude, lw)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference64(z, means, log_var, exclude, lw), rtol=1e-12,
+                               atol=1e-12)
+    inputs = [t.clone().requires_grad_(True) for t in (z, means, log_var, lw)]
+    assert torch.autograd.gradcheck(
+        lambda z, m, lv, w: fused.mixture_log_density_triton(z, m, lv, exclude, w), inputs)
+
+
+def test_wide_latents_go_to_the_reference():
+    z, means, log_var = make_inputs(2, 3, fused.MAX_DIM + 1)
+    torch.testing.assert_close(fused.mixture_log_density(z, means, log_var),
+                               mixture_log_density(z, means, log_var, backend="torch"))
+
+
+def test_empty_batch():
+    z, means, log_var = make_inputs(1, 4, 3)
+    leaf = z[:0].clone().requires_grad_(True)
+    out = fused.mixture_log_density(leaf, means, log_var)
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert leaf.grad.shape == (0, 3)
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.numel = max([self.numel, *sizes])
+        return out
+
+
+def test_never_allocates_batch_by_components():
+    """The launchers (called directly: a dispatch mode does not see inside the custom op)
+    allocate nothing near B x N: partials are [chunks, B(, d)], gradients [N, d]."""
+    batch, size, dim = 32, 200, 1
+    z, means, log_var = make_inputs(batch, size, dim)
+    grad_out = torch.ones(batch, device=DEVICE)
+    with LargestTensor() as mode:
+        saved = fused._forward_launch(z, means, log_var, None, None)[1:]
+        fused._backward_launch(grad_out, z, means, log_var, None, None, *saved, True, True, False)
+    assert size * dim <= mode.numel < batch * size / 4
+
+
+def test_bad_inputs_raise_before_any_launch(monkeypatch):
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched")
+    monkeypatch.setattr(fused, "_forward_launch", no_launch)
+    z, means, log_var = make_inputs(4, 5, 3)
+    bad = [
+        (dict(z=z[:, :2]), ValueError, r"means: expected shape \[N, 2\]"),
+        (dict(means=means.long()), TypeError, "means: expected a floating"),
+        (dict(log_var=log_var[None]), ValueError, "log_var: expected a 0-dim"),
+        (dict(exclude=torch.tensor([0, 1, 5, -1], device=DEVICE)), ValueError, "exclude: indices"),
+        (dict(log_weights=torch.full((5,), NEG_INF, device=DEVICE)), ValueError,
+         "log_weights: row 0"),
+        (dict(z=torch.full((4, 3), float("nan"), device=DEVICE)), ValueError, "z contains NaN"),
+    ]
+    for change, error, match in bad:
+        args = {**dict(z=z, means=means, log_var=log_var), **change}
+        with pytest.raises(error, match=match):
+            fused.mixture_log_density(**args)
+        with pytest.raises(error, match=match):  # the public op, once the backend is registered
+            with_backend(monkeypatch)
+            mixture_log_density(**args, backend="triton")
+
+
+def with_backend(monkeypatch):
+    """Registers the triton backend in a copy of the registry (restored after the test)."""
+    monkeypatch.setattr(dispatch, "_REGISTRY", {op: dict(impls) for op, impls
+                                                in dispatch._REGISTRY.items()})
+    fused.register_backend()
+
+
+def test_registered_backend(monkeypatch):
+    with_backend(monkeypatch)
+    z, means, log_var = make_inputs(3, 9, 4)
+    expected = "triton" if HAS_CUDA and not fused.INTERPRET else "torch"
+    assert dispatch.resolve_backend("mixture_log_density", "auto", z) == expected
+    got = mixture_log_density(z, means, log_var, backend="triton")
+    torch.testing.assert_close(got, mixture_log_density(z, means, log_var, backend="torch"),
+                               rtol=1e-5, atol=1e-5)
+
+
+# --- torch.library: opcheck and torch.compile ------------------------------------------------
+
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_opcheck(with_extras):
+    z, means, log_var = make_inputs(5, 18, 3)
+    exclude, lw = mode_args("weights+exclude" if with_extras else "uniform", 5, 18)
+    args = [z.requires_grad_(True), means.requires_grad_(True), log_var.requires_grad_(True),
+            exclude, lw if lw is None else lw.requires_grad_(True)]
+    torch.library.opcheck(fused.mixture_forward_op, args)
+    saved = [t.detach() for t in fused.mixture_forward_op(*args)[1:]]
+    grad_out = torch.randn(5, device=DEVICE)
+    detached = [a if a is None else a.detach() for a in args]
+    torch.library.opcheck(fused.mixture_backward_op,
+                          (grad_out, *detached, *saved, True, True, with_extras))
+
+
+def test_torch_compile_traces_forward_and_backward():
+    z, means, log_var = make_inputs(6, 21, 5)
+    exclude, lw = mode_args("weights+exclude", 6, 21)
+
+    def loss(z, means, log_var, lw):
+        return (fused.mixture_log_density_triton(z, means, log_var, exclude, lw) ** 2).sum()
+
+    backend = "inductor" if HAS_CUDA and not fused.INTERPRET else "aot_eager"
+    compiled = torch.compile(loss, backend=backend, fullgraph=True)
+    tensors = [z, means, log_var, lw]
+    want, want_grads = grads_of(lambda *a: loss(*a)[None], tensors)
+    got, got_grads = grads_of(lambda *a: compiled(*a)[None], tensors)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+
+
+# --- native CUDA ------------------------------------------------------------------------------
+
+# every distinct set of flags, dtypes and d is a separate compile (seconds each): few variants
+@pytest.mark.gpu
+@pytest.mark.parametrize("means_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["uniform", "weights+exclude"])
+def test_gpu_large_shape_against_reference(means_dtype, mode):
+    batch, size, dim = 100, 25_000, 40
+    z, means, log_var = make_inputs(batch, size, dim, means_dtype=means_dtype)
+    exclude, lw = mode_args(mode, batch, size)
+    ours, torch_ref, _ = run_all(z, means, log_var, exclude, lw)
+    tol = 1e-4 if means_dtype == torch.float32 else 2e-2
+    assert_matches(ours, torch_ref, grad_tol=tol, grad_atol=tol,
+                   dtypes=[torch.float32, means_dtype, torch.float32, torch.float32])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dim", [40, 256])
+def test_gpu_near_neighbour_precision(dim):
+    z, means, lv = loo_inputs(100, 5000, dim, 3.0, -6.0)
+    for exclude in (None, torch.arange(100, device=DEVICE)):
+        out = fused.mixture_log_density(z, means, lv, exclude).double()
+        want = reference64(z, means, lv, exclude)
+        assert bool(((out - want).abs() <= 3e-5 + 5e-7 * want.abs()).all())
+
+
+@pytest.mark.gpu
+def test_gpu_autotuned(monkeypatch):
+    monkeypatch.setattr(fused, "AUTOTUNE", True)
+    z, means, log_var = make_inputs(100, 10_000, 40)
+    exclude, lw = mode_args("weights+exclude", 100, 10_000)
+    ours, torch_ref, _ = run_all(z, means, log_var, exclude, lw)
+    assert_matches(ours, torch_ref)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_triton(monkeypatch):
+    with_backend(monkeypatch)
+    z = torch.randn(2, 3, device="cuda")
+    if not fused.INTERPRET:
+        assert dispatch.resolve_backend("mixture_log_density", "auto", z) == "triton"
+
+
+# --- compiled (not interpreted) kernels, without a GPU ---------------------------------------
+
+@pytest.mark.skipif(HAS_CUDA, reason="CUDA runs compile the kernels natively")
+def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    """The interpreter accepts code that the compiler rejects (non-constexpr globals, type
+    changes in loops, ...): compile every kernel down to an sm_90 cubin (ptxas ships with
+    Triton), with small tiles so it stays quick."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "exvae_fast.kernels._mixture_aot"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
