@@ -297,5 +297,5 @@ def test_demo_config_is_small():
     cfg = load_config(CONFIGS / "mnist-5k-demo.toml")
     assert cfg.data.name == "mnist-5k" and cfg.model.name == "vae"
     assert cfg.prior.name == "exemplar" and cfg.prior.mode == "retrieval"
-    assert cfg.train.epochs <= 10 and cfg.train.warmup_epochs <= cfg.train.epochs
+    assert cfg.train.epochs <= 30 and cfg.train.warmup_epochs <= cfg.train.epochs  # ~1.5 min on 2 CPU cores
     assert cfg.eval.iw_samples <= 1000 and cfg.train.device == "cpu"
