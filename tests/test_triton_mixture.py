@@ -11,10 +11,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from exvae_fast.kernels import mixture_log_density as fused
+from test_ops_mixture import LargestTensor
 from exvae_fast.ops import dispatch, mixture_log_density
 
 HAS_CUDA = torch.cuda.is_available()
@@ -270,20 +269,6 @@ def test_empty_batch():
     assert out.shape == (0,)
     out.sum().backward()
     assert leaf.grad.shape == (0, 3)
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an aten op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-        self.numel = max([self.numel, *sizes])
-        return out
 
 
 def test_never_allocates_batch_by_components():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..priors.base import Prior
 from .layers import HIDDEN, GatedConv2d, GatedDense, LikelihoodHead
 from .two_level import FeatureDecoder, TwoLevelDecoder, TwoLevelVAE
 
@@ -44,10 +43,6 @@ class ConvHVAE(TwoLevelVAE):
     1x1 convolution to C channels + Sigmoid (and a 1x1 convolution + Hardtanh(-4.5, 0)
     log-scale for "logistic").
     """
-
-    def __init__(self, prior: Prior, input_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 40,
-                 z1_dim: int = 40, likelihood: str = "bernoulli", num_bits: int = 8) -> None:
-        super().__init__(prior, input_shape, latent_dim, z1_dim, likelihood, num_bits)
 
     def _make_encoders(self) -> tuple[nn.Module, int, nn.Module, int]:
         return conv_encoders(self.input_shape)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..priors.base import Prior
 from .layers import HIDDEN, GatedDense, LikelihoodHead
 from .two_level import FeatureDecoder, TwoLevelDecoder, TwoLevelVAE
 
@@ -16,10 +15,6 @@ class HVAE(TwoLevelVAE):
     -> heads.  p(x | z1, z2): {GatedDense(z1, 300), GatedDense(z2, 300)} -> GatedDense(600, 300)
     -> Linear(300, D) + Sigmoid (and Linear + Hardtanh(-4.5, 0) log-scale for "logistic").
     """
-
-    def __init__(self, prior: Prior, input_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 40,
-                 z1_dim: int = 40, likelihood: str = "bernoulli", num_bits: int = 8) -> None:
-        super().__init__(prior, input_shape, latent_dim, z1_dim, likelihood, num_bits)
 
     def _make_encoders(self) -> tuple[nn.Module, int, nn.Module, int]:
         d = self.input_dim

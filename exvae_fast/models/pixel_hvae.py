@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..priors.base import Prior
 from .conv_hvae import conv_encoders
 from .layers import CausalSelfAttention, GatedDense, GatedMaskedConv2d, LikelihoodHead, MaskedConv2d
 from .two_level import TwoLevelDecoder, TwoLevelVAE
@@ -78,10 +77,6 @@ class PixelHVAE(TwoLevelVAE):
     decoder passes, no gradients), returning binary images for "bernoulli". Inputs must have
     one channel.
     """
-
-    def __init__(self, prior: Prior, input_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 40,
-                 z1_dim: int = 40, likelihood: str = "bernoulli", num_bits: int = 8) -> None:
-        super().__init__(prior, input_shape, latent_dim, z1_dim, likelihood, num_bits)
 
     def _make_encoders(self) -> tuple[nn.Module, int, nn.Module, int]:
         return conv_encoders(self.input_shape)

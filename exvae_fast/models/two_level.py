@@ -60,8 +60,8 @@ class TwoLevelVAE(LatentVariableModel):
     The attribute `z1_dim` is the size of the lower layer; `latent_dim` that of z2.
     """
 
-    def __init__(self, prior: Prior, input_shape: tuple[int, int, int], latent_dim: int, z1_dim: int,
-                 likelihood: str, num_bits: int) -> None:
+    def __init__(self, prior: Prior, input_shape: tuple[int, int, int] = (1, 28, 28), latent_dim: int = 40,
+                 z1_dim: int = 40, likelihood: str = "bernoulli", num_bits: int = 8) -> None:
         super().__init__(prior)
         self.configure(input_shape, latent_dim, likelihood)
         self.z1_dim = check_count(z1_dim, "z1_dim")
