@@ -8,13 +8,13 @@ returns images flattened to D = C*H*W with values in [0, 1], on the CPU.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .atomic_io import atomic_write
 from .evaluation.mode import check_data, check_model, evaluation_mode, iterate_batches, model_device
 from .models.base import LatentVariableModel
 from .priors.base import check_count
@@ -128,16 +128,7 @@ def save_augmented(path: str | os.PathLike, images: Tensor, labels: Tensor | Non
     if labels is not None:
         _check_labels(labels, images.shape[0])
         arrays["labels"] = labels.detach().cpu().long().numpy()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_augmented(path: str | os.PathLike) -> tuple[Tensor, Tensor | None]:

@@ -1,7 +1,7 @@
 """Training infrastructure: run configuration, the normalised-Adam optimiser, checkpoints."""
+from ..atomic_io import atomic_write
 from .checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
-    atomic_write,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,

@@ -11,50 +11,19 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import IO, Any
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
+
+from ..atomic_io import atomic_write
 
 CHECKPOINT_FORMAT = "exvae-fast-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
 _SCALARS = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device, torch.Size)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file atomically: `write(f)` fills a temp file in the same folder, which is
-    flushed, fsync'ed and renamed over `path` with os.replace.
-
-    On any exception the temp file is removed and an existing file at `path` is left
-    untouched. The parent folder is created when missing.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    if os.name == "posix":
-        # fsync the folder so the rename itself survives a power loss.
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _check_weights_only(obj: Any, where: str) -> None:

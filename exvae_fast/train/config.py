@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from .checkpoint import atomic_write
+from ..atomic_io import atomic_write
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "omniglot", "celeba", "frey-faces", "synthetic")
 EMBEDDED_DATASETS = ("mnist-5k", "synthetic")  # take no data.root (exvae_fast.data.load_dataset)
