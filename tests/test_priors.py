@@ -259,14 +259,15 @@ def test_run_wide_backend_maps_to_each_op():
 @pytest.mark.parametrize("mode", ["exact", "retrieval"])
 def test_exemplar_prior_triton_backend_matches_torch(mode):
     pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter (conftest)
     results = []
     for backend in ("torch", "triton"):
         torch.manual_seed(0)
-        exemplars = torch.rand(40, D)
-        encoder = LinearEncoder()
+        exemplars = torch.rand(40, D, device=device)
+        encoder = LinearEncoder().to(device)
         prior = ExemplarPrior(exemplars, d, mode=mode, num_exemplars=20, k=3, backend=backend)
         prior.refresh(encoder)
-        idx = torch.tensor([1, 7, 30])
+        idx = torch.tensor([1, 7, 30], device=device)
         mu = encoder(exemplars[idx])[0]
         z = mu + 0.1 * torch.randn_like(mu)
         log_r = prior.train().log_prob(z, encoder=encoder, query=mu, indices=idx)

@@ -3,6 +3,7 @@ stopping, KL warm-up, logs."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -110,3 +111,16 @@ def test_cuda_device_without_cuda_is_a_clear_error(tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ValueError, match="CUDA is not available"):
         Trainer(tiny_config(tmp_path, **{"train.device": "cuda"}), progress=False)
+
+
+@pytest.mark.gpu
+def test_retrieval_training_on_cuda_uses_the_fused_backends(tmp_path):
+    from exvae_fast.ops.dispatch import resolve_backend
+
+    probe = torch.empty(1, device="cuda")
+    assert resolve_backend("mixture_log_density", "auto", probe) == "triton"
+    assert resolve_backend("knn_search", "auto", probe) == "triton"
+    trainer = Trainer(tiny_config(tmp_path, **{"train.epochs": 2, "train.device": "cuda"}), progress=False)
+    summary = trainer.fit()
+    assert summary.epochs_completed == 2 and math.isfinite(summary.best_val_elbo)
+    assert trainer.model.prior.cache.is_complete
