@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from devinfo import (BACKEND_MODULES, PEAK_BANDWIDTH, REGISTERED_BY_BENCH, apply_threads,  # noqa: E402,F401
+from devinfo import (BACKEND_MODULES, PEAK_BANDWIDTH, apply_threads,  # noqa: E402,F401
                      backends_info, bench_device, cpu_model, device_info, git_info, load_average,
                      load_backends, peak_bandwidth, synchronize)
 
@@ -278,8 +278,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{op}: registered {', '.join(entry['registered'])}; auto on {info['type']} -> {entry['auto']}")
         for name, error in info["backend_import_errors"].items():
             print(f"not importable: {name}: {error}")
-        for note in info["backends_registered_by_bench"]:
-            print(f"registered by bench/: {note}")
     return 0
 
 

@@ -131,26 +131,20 @@ def _nvidia_driver() -> str | None:
 
 
 _BACKEND_FAILURES: dict[str, str] | None = None
-REGISTERED_BY_BENCH: list[str] = []
-"""Backends that bench/ registered itself through a module's register_backend()."""
 
 
 def load_backends() -> dict[str, str]:
-    """Import the modules of the fused backends (once); returns {module: error} of those that
-    failed (a module that does not exist yet is reported, not raised)."""
+    """Import the modules of the fused backends (once; importing exvae_fast.ops registers
+    them); returns {module: error} of those that failed to import, so a missing backend
+    is reported with its reason rather than silently absent."""
     global _BACKEND_FAILURES
     if _BACKEND_FAILURES is None:
-        import exvae_fast  # noqa: F401  (registers the torch reference, and whatever it wires)
-        from exvae_fast.ops import dispatch
+        import exvae_fast  # noqa: F401  (registers every backend that imports)
 
         _BACKEND_FAILURES = {}
-        for name, op, backend in BACKEND_MODULES:
+        for name, _op, _backend in BACKEND_MODULES:
             try:
-                module = importlib.import_module(name)
-                hook = getattr(module, "register_backend", None)
-                if backend not in dispatch.registered_backends(op) and callable(hook):
-                    hook()
-                    REGISTERED_BY_BENCH.append(f"{op}/{backend} via {name}.register_backend()")
+                importlib.import_module(name)
             except Exception as err:  # noqa: BLE001  any import failure only disables a backend
                 _BACKEND_FAILURES[name] = f"{type(err).__name__}: {err}".splitlines()[0]
     return dict(_BACKEND_FAILURES)
@@ -191,7 +185,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "exvae_fast": _version("exvae_fast"),
         "git": git_info(),
         "backend_import_errors": failures,
-        "backends_registered_by_bench": list(REGISTERED_BY_BENCH),
         "backends": backends_info(device),
     }
     if device.type == "cuda":

@@ -112,16 +112,7 @@ fi
 $PY bench/common.py info --device "$DEVICE" > "$LOGS/device_info.json" 2> "$LOGS/device_info.log"
 SLUG2=$($PY -c 'import json, sys; print(json.load(open(sys.argv[1]))["slug"])' "$LOGS/device_info.json" 2>/dev/null)
 [ -n "$SLUG2" ] && SLUG=$SLUG2
-$PY - "$LOGS/device_info.json" <<'PYEOF' 2>&1 | sed 's/^/    /' | tee -a "$SUMMARY"
-import json, sys
-info = json.load(open(sys.argv[1]))
-for op, entry in info["backends"].items():
-    print(f"{op}: registered {', '.join(entry['registered'])}; auto on {info['type']} -> {entry['auto']}")
-for name, error in info["backend_import_errors"].items():
-    print(f"not importable: {name}: {error}")
-for note in info["backends_registered_by_bench"]:
-    print(f"registered by bench/: {note}")
-PYEOF
+$PY bench/common.py backends --device "$DEVICE" 2>&1 | sed 's/^/    /' | tee -a "$SUMMARY"
 pack
 
 # -- 2 tests ---------------------------------------------------------------------------------
