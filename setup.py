@@ -9,7 +9,12 @@ with OpenMP. The extension is optional: without torch at build time, or when it 
 compile, the package installs without it (pip shows why with -v), and the ops use their
 torch backends, warning once.
 """
+import os
+import re
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.errors import CompileError
@@ -41,8 +46,29 @@ def optional_build(build_extension: type) -> type:
     return OptionalBuildExtension
 
 
+def export_cuda_home() -> None:
+    """torch takes the CUDA toolkit to be the parent of the directory of the `nvcc` on PATH,
+    which is wrong when that nvcc is a wrapper script (e.g. /usr/local/bin/nvcc running a
+    toolkit in /usr/local/cuda-13.0): then ask nvcc for its toolkit (`--dryrun` prints
+    TOP=...) and export CUDA_HOME, unless CUDA_HOME or CUDA_PATH is set already."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None or os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    if (Path(nvcc).resolve().parents[1] / "include" / "cuda_runtime.h").exists():
+        return
+    try:
+        dry = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return
+    top = re.search(r"^#\$ TOP=(.+)$", dry.stdout + dry.stderr, re.MULTILINE)
+    if top and (Path(top.group(1).strip()) / "include" / "cuda_runtime.h").exists():
+        os.environ["CUDA_HOME"] = str(Path(top.group(1).strip()).resolve())
+
+
 def extension_build() -> dict:
     """setup() arguments that build exvae_fast._C, or none when torch is not importable."""
+    export_cuda_home()
     try:
         import torch
         from torch.utils import cpp_extension

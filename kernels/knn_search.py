@@ -66,6 +66,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def _launchable(kernel):
+    """`kernel` wrapped for torch's tracing (wrap_triton), or as is in the interpreter, whose
+    kernels torch cannot trace (torch 2.11 rejects them in wrap_triton; later releases hand
+    them back unwrapped)."""
+    return kernel if _interpreting() else wrap_triton(kernel)
+
+
 # Packed keys: float32 distance bits << 32 | key index. Real keys are at most
 # 0x7f800000_7fffffff (+inf); slots that hold no key carry distinct sentinels NO_KEY - lane,
 # all >= _FLOOR, so they lose to every real key and the extraction's "replace the worst" is
@@ -292,12 +299,12 @@ def _launch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None,
     def grid(m):
         return (n_chunks, triton.cdiv(batch, m["BLOCK_B"]))
 
-    wrap_triton(scan)[grid](
+    _launchable(scan)[grid](
         queries, keys, cand, excl, part, batch, pool, chunk, n_chunks, dim,
         queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1),
         HAS_CAND=candidates is not None, HAS_EXCL=exclude is not None, K_SEL=k_sel,
         D_PAD=d_scan, BLOCK_D=SCAN_BLOCK_D, **meta)
-    wrap_triton(_merge_kernel)[(triton.cdiv(batch, block_r),)](
+    _launchable(_merge_kernel)[(triton.cdiv(batch, block_r),)](
         part, queries, keys, dists, indices, batch, n_chunks, k, dim,
         queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1),
         K_SEL=k_sel, D_PAD=block_d * triton.cdiv(dim, block_d), BLOCK_D=block_d,

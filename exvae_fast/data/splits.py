@@ -75,7 +75,7 @@ def generator(seed: int, stream: str) -> torch.Generator:
     binarising with the same user seed do not reuse one random sequence.
     """
     state = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(stream.encode()),))
-    return torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0] >> 1))
+    return torch.Generator().manual_seed(int(state.generate_state(1, np.uint64)[0]) >> 1)
 
 
 def binarize_once(x: Tensor, seed: int, stream: str) -> Tensor:
