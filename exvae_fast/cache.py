@@ -7,8 +7,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .ops import cache_update_, knn_search
-from .ops.validation import CACHE_DTYPES, check_int, check_tensor
+from .ops import cache_update_, knn_search, mixture_log_density
+from .ops.validation import CACHE_DTYPES, check_index, check_int, check_range, check_shape, check_tensor
 
 
 class LatentCache(nn.Module):
@@ -96,6 +96,18 @@ class LatentCache(nn.Module):
         Rows never written hold zeros: call `check_complete` first where that matters."""
         return knn_search(queries, self.means, k, candidates=candidates, exclude=exclude,
                           backend=backend)
+
+    def mixture_log_density(self, z: Tensor, log_var: Tensor, backend: str = "auto") -> Tensor:
+        """[B]: log of the uniform mixture over all N cached means (`ops.mixture_log_density`
+        of z [B, d] with shared log-variance log_var, 0-dim); differentiable in z and log_var."""
+        return mixture_log_density(z, self.means, log_var, backend=backend)
+
+    def rows(self, indices: Tensor) -> Tensor:
+        """float32 [K, d] copy of the cached means at indices (int64 [K], may repeat)."""
+        check_index(indices, "indices")
+        check_shape(indices, "indices", ("K",))
+        check_range(indices, "indices", self.num_items)
+        return self.means[indices.to(self.means.device)].float()
 
     @property
     def is_complete(self) -> bool:

@@ -21,7 +21,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: train, evaluate, sample, augment.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="train a model (then evaluate it and draw pictures)")
+    tr = sub.add_parser("train", help="train a model (then evaluate it and draw pictures); "
+                        "data-parallel when launched by torchrun")
     tr.add_argument("--config", type=Path, help="TOML run config (see configs/); default: built-in defaults")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config field, e.g. --set train.epochs=3 (repeatable)")
@@ -91,11 +92,17 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .report import evaluate_run
+    from .train.ddp import leave
     from .train.loop import Trainer
 
     cfg = _train_config(args)
     trainer = Trainer(cfg, progress=not args.no_progress)
-    summary = trainer.fit(resume=args.resume is not None)
+    try:
+        summary = trainer.fit(resume=args.resume is not None)
+    finally:
+        leave(trainer.team)
+    if not trainer.team.is_main:  # under torchrun, rank 0 reports and evaluates
+        return 0
     print(f"trained {summary.epochs_completed} epochs in {summary.seconds:.1f} s; best validation ELBO "
           f"{summary.best_val_elbo:.3f} at epoch {summary.best_epoch}"
           f"{' (early stop)' if summary.stopped_early else ''}; run folder: {summary.run_dir}")

@@ -96,7 +96,7 @@ def knn_search(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None 
     return run(queries, keys, k, candidates, exclude)
 
 
-def _pack(dists: Tensor, positions: Tensor) -> Tensor:
+def pack_keys(dists: Tensor, positions: Tensor) -> Tensor:
     """int64 keys ordered as (dists, positions): dists float32 >= 0, inf or NaN, whose bit
     patterns order like the values (NaN last), in the high word; positions < 2^32 in the
     low word. One int64 topk then selects by distance with ties to the lower position."""
@@ -109,7 +109,7 @@ def _smallest(packed: Tensor, count: int) -> Tensor:
     return torch.topk(packed, count, dim=1, largest=False, sorted=False).values
 
 
-def _unpack(packed: Tensor) -> tuple[Tensor, Tensor]:
+def unpack_keys(packed: Tensor) -> tuple[Tensor, Tensor]:
     return (packed >> 32).to(torch.int32).view(torch.float32), packed & 0xFFFFFFFF
 
 
@@ -140,16 +140,16 @@ def _knn_search_torch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor 
             # NaN's bits order after +inf's, so an excluded key is never chosen over a real
             # one (even at distance inf), and validation guarantees k real keys per row
             leave_out_(dists, excluded, start, float("nan"))
-        packed = _pack(dists, torch.arange(start, stop, device=device))
+        packed = pack_keys(dists, torch.arange(start, stop, device=device))
         merged = torch.cat([shortlist, _smallest(packed, width)], dim=1)
         shortlist = _smallest(merged, width)
-    positions = _unpack(shortlist)[1]
+    positions = unpack_keys(shortlist)[1]
     indices = positions if pool is None else pool[positions]
     diff = queries.to(torch.float64)[:, None, :] - keys[indices].to(torch.float64)  # [B, width, d]
     exact = diff.square().sum(-1).to(torch.float32)
     if exclude is not None:  # it can be in the shortlist when fewer than 2k keys are searched
         exact = exact.masked_fill(indices == exclude[:, None], float("nan"))
-    return _unpack(torch.sort(_pack(exact, indices), dim=1).values[:, :k])
+    return unpack_keys(torch.sort(pack_keys(exact, indices), dim=1).values[:, :k])
 
 
 register("knn_search", "torch", _knn_search_torch)

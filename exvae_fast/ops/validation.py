@@ -198,10 +198,10 @@ def validate_knn(queries: object, keys: object, k: object, candidates: object,
         check_unique(candidates, "candidates")
     if exclude is not None:
         check_range(exclude, "exclude", size, allow_none=True)
-    _check_k(k, size, candidates, exclude)
+    check_k(k, size, candidates, exclude)
 
 
-def _check_k(k: int, size: int, candidates: Tensor | None,
+def check_k(k: int, size: int, candidates: Tensor | None,
              exclude: Tensor | None) -> None:
     """ValueError unless every row has at least k searchable keys."""
     pool = size if candidates is None else candidates.numel()

@@ -14,16 +14,19 @@ itself (leave-one-out). Two training modes:
 
 In evaluation (module in eval mode) the exemplar set is the whole training set, with
 no leave-one-out, read from the latent cache, which must have been refreshed with
-`refresh(encoder)` (the trainer does this once per epoch).
+`refresh(encoder)` (the trainer does this once per epoch). Under torch.distributed,
+`shard_cache()` splits the cache over the ranks (a `ShardedLatentCache`).
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import ops
 from ..ops.dispatch import backend_for
 from ..cache import LatentCache
+from ..distributed import ShardedLatentCache
 from .base import Encoder, Prior, check_count
 
 MODES = ("exact", "retrieval")
@@ -77,6 +80,16 @@ class ExemplarPrior(Prior):
     def num_items(self) -> int:
         return self.exemplars.shape[0]
 
+    def shard_cache(self, group: dist.ProcessGroup | None = None) -> None:
+        """Replace the cache by this rank's shard of it (`ShardedLatentCache.from_cache`).
+
+        Afterwards every cache call of the prior is collective (training steps, refresh,
+        evaluation log_prob, sample): all ranks must run the same number of steps and
+        calls. In retrieval mode each rank keeps its own subset pi, drawn from its own RNG;
+        evaluation log_prob needs torch.no_grad().
+        """
+        self.cache = ShardedLatentCache.from_cache(self.cache, group)
+
     def refresh(self, encoder: Encoder, batch_size: int = 1000) -> None:
         """Re-encode every exemplar into the cache (no gradient, mode unchanged)."""
         self.cache.refresh_(lambda x: encoder(x)[0], self.exemplars, batch_size,
@@ -87,7 +100,7 @@ class ExemplarPrior(Prior):
         self.check_latents(z)
         if not self.training:
             self.cache.check_complete()
-            return ops.mixture_log_density(z, self.cache.means, self.log_var, backend=self._mixture_backend)
+            return self.cache.mixture_log_density(z, self.log_var, backend=self._mixture_backend)
         if encoder is None:
             raise ValueError("encoder: the exemplar prior needs the model's encoder in training")
         indices = self._check_indices(indices, z.shape[0])
@@ -167,8 +180,8 @@ class ExemplarPrior(Prior):
         check_count(n, "n")
         self.cache.check_complete()
         with torch.no_grad():
-            which = torch.randint(self.num_items, (n,), device=self.cache.means.device)
-            means = self.cache.means[which].float()
+            which = torch.randint(self.num_items, (n,), device=self.exemplars.device)
+            means = self.cache.rows(which)
             return means + torch.exp(0.5 * self.log_var) * torch.randn_like(means)
 
     def sample_near(self, mu: Tensor, log_var: Tensor, n: int) -> Tensor:

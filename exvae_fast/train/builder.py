@@ -1,6 +1,8 @@
 """Build a data set and a model (with its prior) from a RunConfig."""
 from __future__ import annotations
 
+import torch
+
 from ..data import DataSplits, load_dataset
 from ..models import LatentVariableModel, build_model
 from ..priors import ExemplarPrior, MoGPrior, Prior, StandardPrior, VampPrior
@@ -32,9 +34,9 @@ def build_prior(cfg: RunConfig, data: DataSplits) -> Prior:
     raise ValueError(f"prior.name: expected standard, mog, vamp or exemplar, got {p.name!r}")
 
 
-def build(cfg: RunConfig, data: DataSplits) -> LatentVariableModel:
-    """Model + prior on cfg.train.device."""
+def build(cfg: RunConfig, data: DataSplits, device: torch.device | str | None = None) -> LatentVariableModel:
+    """Model + prior on `device` (default cfg.train.device)."""
     likelihood = cfg.model.likelihood or data.likelihood
     model = build_model(cfg.model.name, build_prior(cfg, data), data.input_shape, cfg.model.latent_dim,
                         likelihood, num_bits=data.num_bits)
-    return model.to(cfg.train.device)
+    return model.to(cfg.train.device if device is None else device)

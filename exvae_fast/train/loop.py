@@ -1,6 +1,7 @@
 """The training loop: gradient-normalised Adam on the negative ELBO with KL warm-up,
 dynamic binarisation, per-epoch cache refresh and validation, early stopping, atomic
-checkpoints and exact resume (paper, appendix L.2)."""
+checkpoints and exact resume (paper, appendix L.2). Under torchrun, data-parallel across
+processes with a sharded exemplar cache (train/ddp.py)."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,8 @@ from ..priors import ExemplarPrior
 from .builder import build, load_data
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import RunConfig, config_from_dict, config_to_dict, save_config_json
+from .ddp import (all_finite, epoch_order, full_state_dict, gather_objects, join, mean_across,
+                  rank_batches, shard_model, sum_across)
 from .optim import NormalizedAdam
 from .run_files import RunFiles, append_jsonl, truncate_jsonl
 
@@ -80,16 +83,21 @@ def refresh_exemplar_cache(model: LatentVariableModel, batch_size: int) -> None:
 
 
 class Trainer:
-    """Trains one run described by a RunConfig into `out_dir/name`."""
+    """Trains one run described by a RunConfig into `out_dir/name`.
+
+    Launched by torchrun, each process is one member of a data-parallel team (`team`):
+    train.batch_size rows per process and step, rank 0 writing the run folder (see
+    train/ddp.py); the caller leaves the process group (`ddp.leave(trainer.team)`)."""
 
     def __init__(self, cfg: RunConfig, data: DataSplits | None = None, progress: bool = True) -> None:
         self.cfg = cfg
-        self.device = check_device(cfg.train.device)
+        self.team, self.device = join(check_device(cfg.train.device))
         self.files = RunFiles(Path(cfg.out_dir) / cfg.name)
-        self.progress = progress
-        seed_everything(cfg.train.seed)
+        self.progress = progress and self.team.is_main
+        seed_everything(cfg.train.seed + self.team.rank)
         self.data = data if data is not None else load_data(cfg)
-        self.model = build(cfg, self.data)
+        self.model = build(cfg, self.data, self.device)
+        self.step_model = self.model  # what training steps call: DDP's wrapper in a team
         self.optimizer = NormalizedAdam(self.model.parameters(), lr=cfg.train.lr)
         self.state = _Progress()
         self.train_x = self.data.train.to(self.device)
@@ -97,37 +105,52 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------
     def _checkpoint_state(self) -> dict:
+        """The checkpoint payload (collective in a team: it gathers the sharded cache and
+        every rank's RNG state)."""
         s = self.state
+        rng = gather_objects(capture_rng_state(), self.team)
         return {
-            "model": self.model.state_dict(),
+            "model": full_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(),
             "epoch": s.epoch, "step": s.step, "best_val_elbo": s.best_val_elbo,
             "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs,
-            "rng": capture_rng_state(),
+            "rng": rng[0], "rng_by_rank": rng, "world_size": self.team.world,
             "config": config_to_dict(self.cfg),
         }
 
     def resume(self) -> None:
-        """Continue exactly from the run folder's last checkpoint."""
+        """Continue exactly from the run folder's last checkpoint (written by a team of the
+        same size: each rank restores its own RNG state)."""
         ckpt = load_checkpoint(self.files.last_checkpoint, map_location=self.device)
+        world = ckpt.get("world_size", 1)
+        if world != self.team.world:
+            raise ValueError(f"resume: {self.files.last_checkpoint} was written by {world} training "
+                             f"process(es); resume with the same number (torchrun --nproc_per_node "
+                             f"{world}), not {self.team.world}, to continue exactly")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = _Progress(ckpt["epoch"], ckpt["step"], ckpt["best_val_elbo"], ckpt["best_epoch"],
                                ckpt["bad_epochs"])
-        restore_rng_state(ckpt["rng"])
-        truncate_jsonl(self.files.metrics_log, self.state.epoch)
+        restore_rng_state(ckpt.get("rng_by_rank", [ckpt["rng"]])[self.team.rank])
+        if self.team.is_main:
+            truncate_jsonl(self.files.metrics_log, self.state.epoch)
 
     # -- the loop ------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainSummary:
         """Train until `train.epochs` or early stopping; returns the summary."""
         start = time.perf_counter()
+        main = self.team.is_main
         self.files.root.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        else:
+        elif main:
             self.files.metrics_log.unlink(missing_ok=True)
+        # in a team: shard the exemplar cache (the checkpoint held all of it) and wrap in DDP
+        self.step_model = shard_model(self.model, self.team, self.device)
+        if not resume:
             refresh_exemplar_cache(self.model, self.cfg.train.eval_batch_size)  # Algorithm 1: fill the cache
-        save_config_json(self.cfg, self.files.config)
+        if main:
+            save_config_json(self.cfg, self.files.config)
         t = self.cfg.train
         stopped_early = self.state.bad_epochs >= t.early_stopping_patience
         try:
@@ -135,8 +158,9 @@ class Trainer:
                 self.state.epoch += 1
                 record = self._train_epoch(self.state.epoch)
                 record.update(self._end_of_epoch(self.state.epoch))
-                append_jsonl(self.files.metrics_log, record)
-                self._log_tensorboard(record)
+                if main:
+                    append_jsonl(self.files.metrics_log, record)
+                    self._log_tensorboard(record)
                 stopped_early = self.state.bad_epochs >= t.early_stopping_patience
         finally:
             if self._writer is not None:
@@ -146,9 +170,9 @@ class Trainer:
                             time.perf_counter() - start)
 
     def _batches(self) -> list[torch.Tensor]:
-        order = torch.randperm(self.train_x.shape[0]).split(self.cfg.train.batch_size)
-        steps = self.cfg.train.steps_per_epoch
-        return list(order if steps is None else order[:steps])
+        """This process's rows of each step of the epoch (all of each batch when alone)."""
+        order = epoch_order(self.train_x.shape[0], self.team, self.device)
+        return rank_batches(order, self.cfg.train.batch_size, self.team, self.cfg.train.steps_per_epoch)
 
     def _train_epoch(self, epoch: int) -> dict:
         beta = kl_weight(epoch, self.cfg.train.warmup_epochs)
@@ -163,9 +187,9 @@ class Trainer:
             x = self.train_x[idx]
             if self.data.dynamic_binarization:
                 x = torch.bernoulli(x)
-            terms = self.model(x, indices=idx)
+            terms = self.step_model(x, indices=idx)
             loss = -(terms.recon - beta * terms.kl).mean()
-            if not torch.isfinite(loss):
+            if not all_finite(loss, self.team):
                 raise TrainingDiverged(
                     f"loss became {float(loss.detach())} at epoch {epoch}, step {self.state.step + 1}; training "
                     f"stopped; the last good checkpoint is {self.files.last_checkpoint} "
@@ -182,7 +206,8 @@ class Trainer:
             seen += n
             if self.progress:
                 bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
-        loss_sum, kl_sum, rec_sum = (sums / seen).tolist()
+        sums = sum_across(torch.cat([sums, sums.new_tensor([seen])]), self.team)
+        loss_sum, kl_sum, rec_sum = (sums[:3] / sums[3]).tolist()
         return {"epoch": epoch, "step": self.state.step, "beta": beta, "train_loss": loss_sum,
                 "train_kl": kl_sum, "train_neg_recon": rec_sum,
                 "train_seconds": time.perf_counter() - epoch_start}
@@ -191,6 +216,7 @@ class Trainer:
         t = self.cfg.train
         refresh_exemplar_cache(self.model, t.eval_batch_size)  # serves validation and the next epoch
         val = evaluate_elbo(self.model, self.data.val, batch_size=t.eval_batch_size, progress=False)
+        val = mean_across(val, self.team, self.device)  # one decision for every rank
         s = self.state
         improved = val["elbo"] > s.best_val_elbo
         if improved:
@@ -198,9 +224,10 @@ class Trainer:
         else:
             s.bad_epochs += 1
         state = self._checkpoint_state()
-        if improved:
-            save_checkpoint(self.files.best_checkpoint, state)
-        save_checkpoint(self.files.last_checkpoint, state)
+        if self.team.is_main:
+            if improved:
+                save_checkpoint(self.files.best_checkpoint, state)
+            save_checkpoint(self.files.last_checkpoint, state)
         record = {"val_elbo": val["elbo"], "val_kl": val["kl"], "val_neg_recon": val["neg_recon"],
                   "best_val_elbo": s.best_val_elbo, "improved": improved}
         if isinstance(self.model.prior, ExemplarPrior):
