@@ -9,7 +9,7 @@
 #   0 probe  nvidia-smi, versions                                      cap  30, expect ~5
 #   1 build  pip install --no-build-isolation --no-deps -e .  (nvcc,
 #            sm_90 only) + import check of exvae_fast._C                cap 150, expect 60-120
-#   2 tests  python -m pytest tests/ natively on the GPU                cap 120, expect 60-120
+#   2 tests  python -m pytest tests/ -m gpu natively on the GPU         cap 120, expect 60-120
 #   3 epoch  bench/epoch_time.py --quick --device cuda                  cap 180, expect 100-180
 #   4 ops    bench/run_ops.py --quick --device cuda (pytest-benchmark)  cap 100, expect 60-100
 #   5 plot   bench/plot.py --markdown (PNGs + bench/README.md tables)   cap  15, expect ~10
@@ -123,9 +123,13 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
     if [ "${EXVAE_GV_TEST_SERIAL:-0}" != 1 ] && $PY -c 'import xdist' 2>/dev/null; then
         PARALLEL="-n 8 --dist loadfile"
     fi
+    # By default only the tests marked `gpu` (native Triton kernels, the CUDA extension, CUDA
+    # training): the others run on CPU in CI. One launch config per kernel (no autotuning:
+    # each config is a compile of 5-35 s); the ops step below autotunes.
     # shellcheck disable=SC2086
+    EXVAE_TRITON_AUTOTUNE=0 EXVAE_KNN_AUTOTUNE=0 \
     step tests "${CAP_TESTS:-120}" 210 $PY -m pytest tests -q -p no:cacheprovider -o addopts="-ra" --durations=20 \
-        --junitxml="$LOGS/junit.xml" $PARALLEL ${EXVAE_GV_TEST_ARGS:-}
+        --junitxml="$LOGS/junit.xml" $PARALLEL ${EXVAE_GV_TEST_ARGS-"-m gpu"}
 fi
 
 # -- 3 epoch ---------------------------------------------------------------------------------
