@@ -51,7 +51,7 @@ MAX_K = 64
 MARGIN = 4
 """Extra candidates kept beyond k (before rounding up to a power of two) for the re-rank."""
 PROGRAMS_PER_SM = 2
-"""GPU: chunks x ceil(B / 64) is about PROGRAMS_PER_SM x the SM count."""
+"""GPU: chunks x ceil(B / largest BLOCK_B) is about PROGRAMS_PER_SM x the SM count."""
 SCAN_BLOCK_D = 16
 """Width of the D slices of the scan's dot (16: the smallest tl.dot accepts)."""
 CHUNK_ALIGN = 256
@@ -218,9 +218,11 @@ def _merge_kernel(part_ptr, q_ptr, k_ptr, dist_ptr, index_ptr,
     tl.store(index_ptr + out, exact & _LOW31, mask=keep)
 
 
-_TILES = ((16, 64, 4), (32, 64, 4), (64, 64, 8), (16, 128, 8))
+_TILES = ((16, 64, 4), (32, 64, 8), (16, 128, 8), (16, 256, 8))
 """GPU config space (BLOCK_B, BLOCK_N, num_warps), each with both SELECT methods; BLOCK_N must
-cover K_SEL. Tiles of at most 64 x 64 keys per 4 warps compile without spills on sm_90."""
+cover K_SEL and divide CHUNK_ALIGN. Each compiles for sm_90 (d = 40, K_SEL 16 to 128) with at
+most 16 B of stack per thread (bench/results/sm90-compile/knn_tiles.log); the former
+32 x 64 on 4 warps and 64 x 64 on 8 warps spilled 80 to 168 B."""
 _TUNED: dict[tuple[int, int], object] = {}
 
 
@@ -231,7 +233,7 @@ def _autotuning() -> bool:
 def _default_config(k_sel: int) -> dict:
     """The launch config when autotuning is off (EXVAE_KNN_AUTOTUNE=0)."""
     if k_sel <= 64:
-        return {"BLOCK_B": 32, "BLOCK_N": 64, "num_warps": 4,
+        return {"BLOCK_B": 32, "BLOCK_N": 64, "num_warps": 8,
                 "SELECT": SELECT_EXTRACT if k_sel <= 32 else SELECT_TOPK}
     return {"BLOCK_B": 16, "BLOCK_N": 128, "num_warps": 8, "SELECT": SELECT_TOPK}
 
@@ -282,9 +284,10 @@ def _launch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None,
         meta = {"BLOCK_B": cfg["BLOCK_B"], "BLOCK_N": block_n, "SELECT": cfg["SELECT"]}
         block_c, block_r = cfg["BLOCK_C"], cfg["BLOCK_R"]
     else:
-        # about PROGRAMS_PER_SM programs per SM at the largest BLOCK_B (64): many rows need
-        # few chunks, which also bounds the partial lists to ~B x K_SEL x target int64
-        target = triton.cdiv(PROGRAMS_PER_SM * _sm_count(queries.device), triton.cdiv(batch, 64))
+        # about PROGRAMS_PER_SM programs per SM at the largest BLOCK_B: many rows need few
+        # chunks, which also bounds the partial lists to ~B x K_SEL x target int64
+        largest = max(block_b for block_b, _, _ in _TILES)
+        target = triton.cdiv(PROGRAMS_PER_SM * _sm_count(queries.device), triton.cdiv(batch, largest))
         chunk = CHUNK_ALIGN * triton.cdiv(triton.cdiv(pool, target), CHUNK_ALIGN)
         if _autotuning():
             scan, meta = _tuned_scan(k_sel, max(16, triton.next_power_of_2(batch))), {}

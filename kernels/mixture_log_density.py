@@ -80,55 +80,75 @@ AUTOTUNE = os.environ.get("EXVAE_TRITON_AUTOTUNE", "1") != "0"
 EXVAE_TRITON_AUTOTUNE=0 runs `_fixed_config` instead, e.g. for quick correctness checks)."""
 
 
-def _cfg(block_b: int, block_n: int, warps: int) -> triton.Config:
-    return triton.Config({"BLOCK_B": block_b, "BLOCK_N": block_n}, num_warps=warps,
-                         num_stages=2)
-
-
-# Ascending tile size. The float32 dots are unrolled FMAs, so compile time grows with the
-# per-thread tile: _prune keeps the (at most) three largest that fit d. BLOCK_N divides
-# CHUNK_ALIGN.
-CONFIGS = [_cfg(16, 32, 4), _cfg(32, 32, 4), _cfg(32, 64, 4), _cfg(32, 64, 8), _cfg(64, 64, 8),
-           _cfg(32, 128, 8)]
 MAX_FMAS_PER_THREAD = 1024
 """One tile's dot costs BLOCK_B * BLOCK_N * D_PAD / threads FMAs per thread; well above
 this the compile time explodes (64 x 64 x 64 on 4 warps: 70 s with Triton 3.8 for sm_90)."""
+SPILL_BUDGET = 32
+"""Most stack bytes per thread (spilled registers) an autotuned tile may compile to."""
+
+# The tiles (BLOCK_B, BLOCK_N, warps) that autotuning chooses among, per D_PAD, for the
+# forward partial kernel and the means-gradient kernel: the (at most) three with the most
+# work per program that compile for sm_90 within SPILL_BUDGET in the retrieval-training
+# variant (exclude, no log-weights), else the least spilling one, found by `python -m
+# exvae_fast.kernels._mixture_aot --search` with Triton 3.8 (the compiler's numbers are in
+# bench/results/sm90-compile/mixture_tiles.log; which tile is fastest only a GPU can tell).
+# The float32 "ieee" dots are unrolled FMAs whose operands live in registers: a tile of
+# the former fixed list (32 x 64 on 8 warps, ...) took 255 registers and spilled 344 B to
+# 4.5 KB per thread at D_PAD = 64 (d = 40). Every BLOCK_N divides CHUNK_ALIGN.
+FORWARD_TILES: dict[int, list[tuple[int, int, int]]] = {
+    16: [(16, 128, 8), (32, 64, 8), (64, 32, 8)],
+    32: [(32, 64, 8), (64, 32, 8), (64, 32, 16)],
+    64: [(16, 64, 8), (32, 32, 8), (16, 64, 16)],
+    128: [(16, 32, 8), (16, 32, 16)],
+    256: [(16, 32, 8), (16, 32, 16)],
+}
+BACKWARD_TILES: dict[int, list[tuple[int, int, int]]] = {
+    16: [(16, 128, 8), (32, 64, 8), (16, 64, 4)],
+    32: [(16, 128, 8), (16, 64, 4), (16, 64, 8)],
+    64: [(16, 64, 8), (16, 64, 16), (32, 32, 16)],
+    128: [(16, 32, 8), (16, 32, 16)],
+    256: [(16, 32, 8)],  # the least spilling tile (96 B); none compiles within the budget
+}
 
 
-def _fits(block_b: int, block_n: int, warps: int, d_pad: int) -> bool:
+def fits(block_b: int, block_n: int, warps: int, d_pad: int) -> bool:
+    """Whether a tile's dot stays within MAX_FMAS_PER_THREAD per thread (compile time)."""
     return block_b * block_n * d_pad <= MAX_FMAS_PER_THREAD * 32 * warps
 
 
-def _prune(configs, named_args, **kwargs):
-    kept = [c for c in configs if _fits(c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps,
-                                        kwargs["D_PAD"])]
-    return kept[-3:] or configs[:1]
-
-
-def _fixed_config(d_pad: int) -> tuple[int, int, int]:
+def _fixed_config(tiles: dict[int, list[tuple[int, int, int]]], d_pad: int) -> tuple[int, int, int]:
     """(BLOCK_B, BLOCK_N, warps) without autotuning: the interpreter's small fixed tile, or
-    the middle one of the CUDA configs that fit d."""
+    the first (largest) of the kernel's tiles for d."""
     if INTERPRET:
         return INTERPRET_BLOCK_B, INTERPRET_BLOCK_N, 1
-    fitting = _prune(CONFIGS, {}, D_PAD=d_pad)
-    c = fitting[len(fitting) // 2]
-    return c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps
+    return tiles[d_pad][0]
 
 
-def _tuned(kernel):
-    return triton.autotune(CONFIGS, key=["B_KEY", "N_KEY", "D_PAD", "PRECISION"],
-                           prune_configs_by={"early_config_prune": _prune})(kernel)
+def _tuned(kernel, tiles: dict[int, list[tuple[int, int, int]]]):
+    """`kernel` autotuned among its tiles for the launch's D_PAD (each a compile of seconds
+    to tens of seconds), cached per power-of-two bucket of B and N, D_PAD and precision."""
+    union = sorted({tile for row in tiles.values() for tile in row})
+    configs = [triton.Config({"BLOCK_B": b, "BLOCK_N": n}, num_warps=w, num_stages=2)
+               for b, n, w in union]
+
+    def prune(configs, named_args, **kwargs):
+        wanted = tiles[kwargs["D_PAD"]]
+        return [c for c in configs
+                if (c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps) in wanted]
+
+    return triton.autotune(configs, key=["B_KEY", "N_KEY", "D_PAD", "PRECISION"],
+                           prune_configs_by={"early_config_prune": prune})(kernel)
 
 
-_forward_tuned = _tuned(mixture_forward_partial_kernel)
-_backward_tuned = _tuned(mixture_backward_means_kernel)
+_forward_tuned = _tuned(mixture_forward_partial_kernel, FORWARD_TILES)
+_backward_tuned = _tuned(mixture_backward_means_kernel, BACKWARD_TILES)
 
 
-def _launch(kernel, tuned, grid, args, kwargs) -> None:
+def _launch(kernel, tuned, tiles, grid, args, kwargs) -> None:
     """Runs `kernel` with a fixed config (interpreter, AUTOTUNE off) or `tuned`; grid maps
     (BLOCK_B, BLOCK_N) to the launch grid."""
     if INTERPRET or not AUTOTUNE:
-        block_b, block_n, warps = _fixed_config(kwargs["D_PAD"])
+        block_b, block_n, warps = _fixed_config(tiles, kwargs["D_PAD"])
         kernel[grid(block_b, block_n)](*args, **kwargs, BLOCK_B=block_b, BLOCK_N=block_n,
                                        num_warps=warps)
     else:
@@ -209,7 +229,7 @@ def _forward_launch(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tensor |
                  HAS_WEIGHTS=log_weights is not None)
     args = (z, means, _center(z), log_var, exclude, log_weights, m, s, q, acc, wm, ws,
             batch, size, dim, chunk, *_refine(), _bucket(batch), _bucket(size))
-    _launch(mixture_forward_partial_kernel, _forward_tuned,
+    _launch(mixture_forward_partial_kernel, _forward_tuned, FORWARD_TILES,
             lambda block_b, block_n: (triton.cdiv(batch, block_b), chunks),
             args, dict(**flags, PRECISION=DOT_PRECISION))
     mixture_combine_kernel[(triton.cdiv(batch, BLOCK_B_COMBINE),)](
@@ -244,7 +264,7 @@ def _backward_launch(grad_out: Tensor, z: Tensor, means: Tensor, log_var: Tensor
         flags = dict(D_PAD=d_pad, HAS_EXCLUDE=exclude is not None,
                      HAS_WEIGHTS=log_weights is not None, NEED_MEANS=need_means,
                      NEED_WEIGHTS=need_weights, PRECISION=DOT_PRECISION)
-        _launch(mixture_backward_means_kernel, _backward_tuned,
+        _launch(mixture_backward_means_kernel, _backward_tuned, BACKWARD_TILES,
                 lambda block_b, block_n: (triton.cdiv(size, block_n),), args, flags)
     return grad_z if need_z else z.new_empty(0), grad_means, grad_lv, grad_lw
 

@@ -199,23 +199,32 @@ def test_empty_batch():
     assert out.shape == (0,)
 
 
-@settings(max_examples=40, deadline=None)
-@given(data=st.data(), batch=st.integers(1, 4), size=st.integers(1, 9), dim=st.integers(1, 5),
-       block=st.integers(1, 10), use_weights=st.booleans())
-def test_property_matches_reference(data, batch, size, dim, block, use_weights):
-    seed = data.draw(st.integers(0, 2**16))
-    z, means, log_var = make_inputs(batch, size, dim, dtype=torch.float64, seed=seed)
+def draw_exclude_and_weights(data: st.DataObject, batch: int, size: int, use_weights: bool,
+                             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Hypothesis draws of exclude (int64 [batch], -1 or a component) and, with use_weights,
+    log_weights ([size], finite or -inf) such that every row keeps a component: one weight
+    is finite and the largest, and no row excludes it (nor the only component)."""
     exclude = torch.tensor(data.draw(st.lists(st.integers(-1, size - 1), min_size=batch,
                                               max_size=batch)))
     log_weights = None
     if use_weights:
         finite = st.floats(-3, 3, allow_nan=False)
         log_weights = torch.tensor(data.draw(st.lists(st.one_of(finite, st.just(NEG_INF)),
-                                                      min_size=size, max_size=size)),
-                                   dtype=torch.float64)
-        log_weights[data.draw(st.integers(0, size - 1))] = 0.0  # keep one alive ...
-    if size == 1 or use_weights:  # ... and make sure no row loses its last component
-        exclude = torch.where(exclude == (0 if size == 1 else int(log_weights.argmax())), -1, exclude)
+                                                      min_size=size, max_size=size)), dtype=dtype)
+        log_weights[data.draw(st.integers(0, size - 1))] = 3.5
+    if size == 1 or use_weights:
+        keep = 0 if size == 1 else int(log_weights.argmax())
+        exclude = torch.where(exclude == keep, -1, exclude)
+    return exclude, log_weights
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 4), size=st.integers(1, 9), dim=st.integers(1, 5),
+       block=st.integers(1, 10), use_weights=st.booleans())
+def test_property_matches_reference(data, batch, size, dim, block, use_weights):
+    seed = data.draw(st.integers(0, 2**16))
+    z, means, log_var = make_inputs(batch, size, dim, dtype=torch.float64, seed=seed)
+    exclude, log_weights = draw_exclude_and_weights(data, batch, size, use_weights, torch.float64)
     old = mixture.ELEMENT_BUDGET
     mixture.ELEMENT_BUDGET = block * batch
     try:

@@ -333,16 +333,21 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from exvae_fast.kernels import knn_search as m
+from exvae_fast.kernels._mixture_aot import resources
+from exvae_fast.kernels.mixture_log_density import SPILL_BUDGET
 
 def build(fn, types, consts, warps):
     sig = {name: "constexpr" if name in consts else types.get(name, "i32") for name in fn.arg_names}
     src = ASTSource(fn, sig, consts)
-    triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
-ptrs = dict(q_ptr="*fp32", k_ptr="*bf16", cand_ptr="*i64", excl_ptr="*i64", part_ptr="*i64")
-for select in (m.SELECT_TOPK, m.SELECT_EXTRACT):
-    build(m._scan_kernel, ptrs, dict(HAS_CAND=True, HAS_EXCL=True, K_SEL=16, D_PAD=48, BLOCK_D=16,
-                                     BLOCK_B=16, BLOCK_N=64, SELECT=select), 4)
+ptrs = dict(q_ptr="*fp32", k_ptr="*fp32", cand_ptr="*i64", excl_ptr="*i64", part_ptr="*i64")
+for block_b, block_n, warps in m._TILES:  # every autotuned tile, d = 40, k = 10
+    for select in (m.SELECT_TOPK, m.SELECT_EXTRACT):
+        kernel = build(m._scan_kernel, ptrs, dict(HAS_CAND=True, HAS_EXCL=True, K_SEL=16, D_PAD=48,
+                       BLOCK_D=16, BLOCK_B=block_b, BLOCK_N=block_n, SELECT=select), warps)
+        regs, stack = resources(kernel.asm["cubin"])
+        assert 0 < regs and 0 <= stack <= SPILL_BUDGET, (block_b, block_n, warps, select, regs, stack)
 build(m._merge_kernel, dict(part_ptr="*i64", q_ptr="*fp32", k_ptr="*bf16", dist_ptr="*fp32",
                             index_ptr="*i64"),
       dict(K_SEL=16, D_PAD=64, BLOCK_D=64, BLOCK_C=4, BLOCK_R=1), 4)
@@ -352,7 +357,8 @@ print("compiled")
 
 @pytest.mark.slow
 def test_kernels_compile_for_sm90():
-    """Lower both scan variants and the merge to a cubin for sm_90 (no GPU needed)."""
+    """Lower both scan variants (every autotuned tile, within the spill budget: cuobjdump's
+    STACK) and the merge to a cubin for sm_90 (no GPU needed)."""
     import subprocess
     import sys
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exvae_fast.kernels import mixture_log_density as fused
-from test_ops_mixture import LargestTensor
+from test_ops_mixture import LargestTensor, draw_exclude_and_weights
 from exvae_fast.ops import dispatch, mixture_log_density
 
 HAS_CUDA = torch.cuda.is_available()
@@ -208,18 +208,8 @@ def test_refinement_is_what_makes_near_neighbours_exact(monkeypatch):
 def test_property_random_shapes(data, batch, size, dim, use_weights):
     seed = data.draw(st.integers(0, 2**16))
     z, means, log_var = make_inputs(batch, size, dim, seed=seed)
-    exclude = torch.tensor(data.draw(st.lists(st.integers(-1, size - 1), min_size=batch,
-                                              max_size=batch)))
-    log_weights = None
-    if use_weights:
-        finite = st.floats(-3, 3, allow_nan=False)
-        log_weights = torch.tensor(data.draw(st.lists(st.one_of(finite, st.just(NEG_INF)),
-                                                      min_size=size, max_size=size)))
-        log_weights[data.draw(st.integers(0, size - 1))] = 3.5  # keep one alive ...
-    if size == 1 or use_weights:  # ... and let no row leave out its last component
-        keep = 0 if size == 1 else int(log_weights.argmax())
-        exclude = torch.where(exclude == keep, -1, exclude)
-        log_weights = None if log_weights is None else log_weights.to(DEVICE)
+    exclude, log_weights = draw_exclude_and_weights(data, batch, size, use_weights)
+    log_weights = None if log_weights is None else log_weights.to(DEVICE)
     ours, _, exact = run_all(z, means, log_var, exclude.to(DEVICE), log_weights)
     assert_matches(ours, exact)
 
@@ -406,12 +396,29 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     """The interpreter accepts code that the compiler rejects (non-constexpr globals, type
     changes in loops, ...): compile every kernel down to an sm_90 cubin (ptxas ships with
     Triton), with small tiles so it stays quick."""
+    done = compile_for_sm90(tmp_path)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(HAS_CUDA, reason="CUDA runs compile the kernels natively")
+def test_autotuned_tiles_for_d40_compile_without_spilling(tmp_path):
+    """Every tile autotuning may pick for d = 40 (D_PAD 64), forward and means gradient,
+    compiles for sm_90 within SPILL_BUDGET stack bytes per thread (cuobjdump's STACK)."""
+    done = compile_for_sm90(tmp_path, "--configs", "--check", "--d-pad", "64")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    lines = [line for line in done.stdout.splitlines() if "B stack" in line]
+    assert len(lines) == len(fused.FORWARD_TILES[64]) + len(fused.BACKWARD_TILES[64])
+    assert all(int(line.split(" registers")[0].rsplit(" ", 1)[1]) > 0 for line in lines)
+
+
+def compile_for_sm90(cache_dir, *args: str):
+    """Runs exvae_fast.kernels._mixture_aot (compiles without a GPU) outside the interpreter."""
     import subprocess
     import sys
 
     pytest.importorskip("triton.backends.nvidia")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "exvae_fast.kernels._mixture_aot"], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+    env["TRITON_CACHE_DIR"] = str(cache_dir)
+    return subprocess.run([sys.executable, "-m", "exvae_fast.kernels._mixture_aot", *args],
+                          env=env, capture_output=True, text=True, timeout=900)
