@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .ann import FaissIndex
 from .ops import cache_update_, knn_search, mixture_log_density
 from .ops.validation import CACHE_DTYPES, check_index, check_int, check_range, check_shape, check_tensor
 
@@ -20,6 +21,12 @@ class LatentCache(nn.Module):
 
     Buffers: means [N, d] (storage dtype), sq_norms [N] float32 (squared norm of each stored
     row), stamps [N] int64 (step at which the row was last written; -1: never written).
+
+    An optional approximate index (`attach_index`, a `FaissIndex`) serves `knn`; it is derived
+    data, outside `state_dict`: built from the means at its first use (`update_` or `knn`)
+    after attaching or loading a state dict, rebuilt at the end of every `refresh_`, and
+    sent every `update_`. (Building before a write, not after, keeps a resumed run's index
+    equal to the uninterrupted run's.)
     """
 
     means: Tensor
@@ -42,6 +49,8 @@ class LatentCache(nn.Module):
         # host copy of _step, so reading the step never synchronises an accelerator
         self._host_step = 0
         self.register_load_state_dict_post_hook(_reload_host_step)
+        self._index: FaissIndex | None = None
+        self._index_dirty = False  # True: the index must be built from the means before use
 
     @property
     def num_items(self) -> int:
@@ -66,8 +75,12 @@ class LatentCache(nn.Module):
         """Write values [K, d] (detached) at rows indices (int64 [K]); the last duplicate wins.
         Updates sq_norms and stamps (to the current step) of the written rows."""
         check_tensor(values, "values")
+        self._ensure_index()
         cache_update_(self.means, indices, values.detach(), norms=self.sq_norms,
                       stamps=self.stamps, step=self.step, backend=backend)
+        if self._index is not None:
+            # the rows as stored (rounded to the cache dtype, duplicates resolved)
+            self._index.update(indices, self.means[indices])
 
     def refresh_(self, encode: Callable[[Tensor], Tensor], data: Tensor, batch_size: int = 1000,
                  progress: bool = False, backend: str = "auto") -> None:
@@ -83,17 +96,49 @@ class LatentCache(nn.Module):
             raise ValueError(f"data: expected shape [{self.num_items}, ...] (one row per cache "
                              f"item), got {list(data.shape)}")
         device = self.means.device
-        with torch.no_grad():
-            for start in tqdm(range(0, self.num_items, batch_size), disable=not progress,
-                              desc="refreshing latent cache", unit="batch"):
-                stop = min(start + batch_size, self.num_items)
-                encoded = encode(data[start:stop].to(device))
-                self.update_(torch.arange(start, stop, device=device), encoded, backend)
+        # every row changes: the index is left out of the writes and built once at the end
+        # (should encode fail midway, it stays marked for a rebuild at its next use)
+        index, self._index = self._index, None
+        try:
+            with torch.no_grad():
+                for start in tqdm(range(0, self.num_items, batch_size), disable=not progress,
+                                  desc="refreshing latent cache", unit="batch"):
+                    stop = min(start + batch_size, self.num_items)
+                    encoded = encode(data[start:stop].to(device))
+                    self.update_(torch.arange(start, stop, device=device), encoded, backend)
+        finally:
+            self._index, self._index_dirty = index, True
+        self._ensure_index()
+
+    @property
+    def index(self) -> FaissIndex | None:
+        """The attached approximate index, or None (exact search)."""
+        return self._index
+
+    def attach_index(self, index: FaissIndex | None) -> None:
+        """Serve `knn` from `index` (built from the means at its first use: the next `knn`
+        or `update_`), or from the exact `knn_search` again with None."""
+        if index is not None and not isinstance(index, FaissIndex):
+            raise TypeError(f"index: expected a FaissIndex or None, got {type(index).__name__}")
+        self._index = index
+        self._index_dirty = True
+
+    def _ensure_index(self) -> None:
+        """Build the attached index from the means if it is marked for it (or was never built)."""
+        if self._index is not None and (self._index_dirty or not self._index.is_built):
+            self._index.build(self.means)
+            self._index_dirty = False
 
     def knn(self, queries: Tensor, k: int, candidates: Tensor | None = None,
             exclude: Tensor | None = None, backend: str = "auto") -> tuple[Tensor, Tensor]:
         """`knn_search` over the cached means: (sq_dists [B, k] float32, indices [B, k] int64).
-        Rows never written hold zeros: call `check_complete` first where that matters."""
+        Rows never written hold zeros: call `check_complete` first where that matters.
+        With an attached index, `FaissIndex.search` answers (approximate neighbours, exact
+        distances) and `backend` applies to its exact fallback rows only."""
+        if self._index is not None:
+            self._ensure_index()
+            return self._index.search(queries, k, candidates=candidates, exclude=exclude,
+                                      backend=backend)
         return knn_search(queries, self.means, k, candidates=candidates, exclude=exclude,
                           backend=backend)
 
@@ -145,5 +190,7 @@ class LatentCache(nn.Module):
 
 
 def _reload_host_step(module: LatentCache, incompatible_keys: object) -> None:
-    """After load_state_dict, take the step from the loaded buffer."""
+    """After load_state_dict, take the step from the loaded buffer; the means changed, so an
+    attached index is rebuilt before its next use."""
     module._host_step = int(module._step)
+    module._index_dirty = True

@@ -19,9 +19,8 @@ from torch import Tensor, nn
 
 from ..cache import LatentCache
 from ..ops.dispatch import resolve_backend
-# the single-process rule "every row has k searchable keys", applied to each rank's rows
-from ..ops.validation import (check_finite, check_float, check_index, check_int, check_k,
-                              check_range, check_shape, check_tensor, check_unique)
+from ..ops.validation import (check_finite, check_float, check_index, check_int, check_range,
+                              check_shape, check_tensor, validate_knn_request)
 from . import comm
 from .shard_ops import combine_mixtures, merge_knn, shard_knn, shard_mixture
 
@@ -241,24 +240,10 @@ class ShardedLatentCache(nn.Module):
         global (-1: none). k may differ per rank; each row needs k searchable keys."""
         error, fields = None, [0] * 5
         try:
-            check_float(queries, "queries")
-            check_shape(queries, "queries", ("B", self.dim), "d matching the cache")
-            check_int(k, "k", 1)
-            if candidates is not None:
-                check_index(candidates, "candidates")
-                check_shape(candidates, "candidates", ("M",))
-            if exclude is not None:
-                check_index(exclude, "exclude")
-                check_shape(exclude, "exclude", (queries.shape[0],), "one entry per row of queries")
-            self._check_on_device(queries=queries, candidates=candidates, exclude=exclude)
-            check_finite(queries, "queries")
+            validate_knn_request(queries, self.dim, self.num_items, k, candidates, exclude,
+                                 "the cache")
+            self._check_on_device(queries=queries)
             check_finite(self.local.means, "keys (this rank's cache shard)")
-            if candidates is not None:
-                check_range(candidates, "candidates", self.num_items)
-                check_unique(candidates, "candidates")
-            if exclude is not None:
-                check_range(exclude, "exclude", self.num_items, allow_none=True)
-            check_k(k, self.num_items, candidates, exclude)
             resolve_backend("knn_search", backend, queries)
             fields = [queries.shape[0], comm.dtype_code(queries.dtype),
                       -1 if candidates is None else candidates.shape[0], int(exclude is not None), k]

@@ -193,6 +193,32 @@ def validate_knn(queries: object, keys: object, k: object, candidates: object,
     check_same_device(queries=queries, keys=keys, candidates=candidates, exclude=exclude)
     check_finite(queries, "queries")
     check_finite(keys, "keys")
+    _check_searchable(k, size, candidates, exclude)
+
+
+def validate_knn_request(queries: object, dim: int, size: int, k: object, candidates: object,
+                         exclude: object, keys_name: str) -> None:
+    """The checks of `knn_search` that need only the keys' count `size` and width `dim`
+    (for holders of the keys: an approximate index, a sharded cache; `keys_name` names them
+    in messages): queries [B, dim] finite float, k int >= 1, candidates int64 [M] unique in
+    [0, size), exclude int64 [B] in [-1, size), on queries' device, and k at most the keys
+    each row can search."""
+    check_float(queries, "queries")
+    check_shape(queries, "queries", ("B", dim), f"d matching {keys_name}")
+    check_int(k, "k", 1)
+    if candidates is not None:
+        check_index(candidates, "candidates")
+        check_shape(candidates, "candidates", ("M",))
+    if exclude is not None:
+        check_index(exclude, "exclude")
+        check_shape(exclude, "exclude", (queries.shape[0],), "one entry per row of queries")
+    check_same_device(queries=queries, candidates=candidates, exclude=exclude)
+    check_finite(queries, "queries")
+    _check_searchable(k, size, candidates, exclude)
+
+
+def _check_searchable(k: int, size: int, candidates: Tensor | None, exclude: Tensor | None) -> None:
+    """candidates unique in [0, size), exclude in [-1, size), and k keys searchable per row."""
     if candidates is not None:
         check_range(candidates, "candidates", size)
         check_unique(candidates, "candidates")

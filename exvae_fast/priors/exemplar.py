@@ -15,7 +15,9 @@ itself (leave-one-out). Two training modes:
 In evaluation (module in eval mode) the exemplar set is the whole training set, with
 no leave-one-out, read from the latent cache, which must have been refreshed with
 `refresh(encoder)` (the trainer does this once per epoch). Under torch.distributed,
-`shard_cache()` splits the cache over the ranks (a `ShardedLatentCache`).
+`shard_cache()` splits the cache over the ranks (a `ShardedLatentCache`). In retrieval
+mode an optional `FaissIndex` (exvae_fast.ann) proposes the neighbours instead of the exact
+search; they are re-encoded exactly all the same.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import ops
+from ..ann import FaissIndex
 from ..ops.dispatch import backend_for
 from ..cache import LatentCache
 from ..distributed import ShardedLatentCache
@@ -39,12 +42,14 @@ class ExemplarPrior(Prior):
     k: neighbours per row in retrieval mode (paper: 10; 5 for CelebA).
     init_log_var: starting value of log sigma^2.
     backend: ops backend ("auto" | "torch" | "triton" | "cpp") for every op call.
+    index: retrieval mode only: an approximate FAISS index for the neighbour search,
+    attached to the cache (`LatentCache.attach_index`); None: exact search.
     """
 
     def __init__(self, exemplars: Tensor, latent_dim: int, *, mode: str = "retrieval",
                  num_exemplars: int | None = None, k: int = 10, leave_one_out: bool = True,
                  init_log_var: float = 0.0, backend: str = "auto",
-                 cache_dtype: torch.dtype = torch.float32) -> None:
+                 cache_dtype: torch.dtype = torch.float32, index: FaissIndex | None = None) -> None:
         super().__init__()
         if not isinstance(exemplars, Tensor) or exemplars.dim() != 2 or not exemplars.is_floating_point():
             raise ValueError("exemplars: expected a floating tensor of shape [N, D]")
@@ -75,6 +80,9 @@ class ExemplarPrior(Prior):
         # Not persistent: the images come from the data set, not from checkpoints.
         self.register_buffer("exemplars", exemplars.detach(), persistent=False)
         self.cache = LatentCache(num_items, latent_dim, dtype=cache_dtype, device=exemplars.device)
+        if index is not None and mode != "retrieval":
+            raise ValueError(f"index: only used by retrieval mode's neighbour search, got mode={mode!r}")
+        self.cache.attach_index(index)
 
     @property
     def num_items(self) -> int:
@@ -86,8 +94,11 @@ class ExemplarPrior(Prior):
         Afterwards every cache call of the prior is collective (training steps, refresh,
         evaluation log_prob, sample): all ranks must run the same number of steps and
         calls. In retrieval mode each rank keeps its own subset pi, drawn from its own RNG;
-        evaluation log_prob needs torch.no_grad().
+        evaluation log_prob needs torch.no_grad(). Not with an approximate index (ValueError).
         """
+        if getattr(self.cache, "index", None) is not None:
+            raise ValueError("index: an approximate (FAISS) index cannot serve a sharded cache; "
+                             "use the exact search (prior.index = 'exact') with torch.distributed")
         self.cache = ShardedLatentCache.from_cache(self.cache, group)
 
     def refresh(self, encoder: Encoder, batch_size: int = 1000) -> None:

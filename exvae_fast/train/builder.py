@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from ..ann import FaissIndex
 from ..data import DataSplits, load_dataset
 from ..models import LatentVariableModel, build_model
 from ..priors import ExemplarPrior, MoGPrior, Prior, StandardPrior, VampPrior
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 
 
 def load_data(cfg: RunConfig) -> DataSplits:
@@ -29,9 +30,24 @@ def build_prior(cfg: RunConfig, data: DataSplits) -> Prior:
     if p.name == "vamp":
         return VampPrior(d, data.train.shape[1], p.num_components, p.components_per_step)
     if p.name == "exemplar":
+        if p.index == "ivf" and p.index_nlist > data.train.shape[0]:
+            raise ConfigError(f"prior.index_nlist: expected at most the {data.train.shape[0]} training "
+                              f"examples (IVF needs one per k-means list), got {p.index_nlist}")
         return ExemplarPrior(data.train, d, mode=p.mode, num_exemplars=p.num_exemplars, k=p.k,
-                             leave_one_out=p.leave_one_out, init_log_var=p.init_log_var, backend=p.backend)
+                             leave_one_out=p.leave_one_out, init_log_var=p.init_log_var, backend=p.backend,
+                             index=build_index(cfg))
     raise ValueError(f"prior.name: expected standard, mog, vamp or exemplar, got {p.name!r}")
+
+
+def build_index(cfg: RunConfig) -> FaissIndex | None:
+    """The approximate neighbour index named by cfg.prior.index (None for "exact");
+    ImportError when FAISS is missing."""
+    p = cfg.prior
+    if p.index == "exact":
+        return None
+    return FaissIndex(p.index, nlist=p.index_nlist, nprobe=p.index_nprobe, m=p.index_hnsw_m,
+                      ef_search=p.index_ef_search, ef_construction=p.index_ef_construction,
+                      seed=cfg.train.seed, threads=p.index_threads)
 
 
 def build(cfg: RunConfig, data: DataSplits, device: torch.device | str | None = None) -> LatentVariableModel:

@@ -30,6 +30,7 @@ LIKELIHOODS = ("bernoulli", "logistic")
 PRIORS = ("standard", "mog", "vamp", "exemplar")
 MODES = ("exact", "retrieval")
 BACKENDS = ("auto", "torch", "triton", "cpp")
+INDEXES = ("exact", "ivf", "hnsw")
 NUM_BITS = (5, 8)
 _DEVICE_RE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -70,6 +71,15 @@ class PriorConfig:
     leave_one_out: bool = True
     init_log_var: float = 0.0  # initial log sigma^2 of the exemplar kernel
     backend: str = "auto"  # ops backend: auto | torch | triton | cpp
+    # retrieval-mode neighbour search: "exact" | "ivf" | "hnsw" (approximate FAISS index,
+    # exvae_fast.ann.FaissIndex; needs faiss-cpu; single process only)
+    index: str = "exact"
+    index_nlist: int = 1024  # ivf: k-means lists (at most the training-set size)
+    index_nprobe: int = 32  # ivf: lists searched per query (<= index_nlist)
+    index_hnsw_m: int = 32  # hnsw: graph degree M (>= 2)
+    index_ef_search: int = 64  # hnsw: search beam
+    index_ef_construction: int = 40  # hnsw: construction beam
+    index_threads: int | None = 1  # OpenMP threads of FAISS calls; none = all cores (see exvae_fast.ann)
 
 
 @dataclass
@@ -216,6 +226,19 @@ def validate_config(cfg: RunConfig) -> None:
     if not math.isfinite(p.init_log_var):
         raise ConfigError(f"prior.init_log_var: expected a finite number, got {p.init_log_var!r}")
     _choice("prior.backend", p.backend, BACKENDS)
+    _choice("prior.index", p.index, INDEXES)
+    if p.index != "exact" and (p.name, p.mode) != ("exemplar", "retrieval"):
+        raise ConfigError(f"prior.index: an approximate index ({p.index!r}) serves only the exemplar "
+                          f"prior's retrieval mode, got prior.name={p.name!r}, prior.mode={p.mode!r}")
+    _at_least("prior.index_nlist", p.index_nlist, 1)
+    _at_least("prior.index_nprobe", p.index_nprobe, 1)
+    if p.index == "ivf" and p.index_nprobe > p.index_nlist:
+        raise ConfigError(f"prior.index_nprobe: expected <= prior.index_nlist ({p.index_nlist}), "
+                          f"got {p.index_nprobe}")
+    _at_least("prior.index_hnsw_m", p.index_hnsw_m, 2)
+    _at_least("prior.index_ef_search", p.index_ef_search, 1)
+    _at_least("prior.index_ef_construction", p.index_ef_construction, 1)
+    _at_least("prior.index_threads", p.index_threads, 1, optional=True)
 
     _at_least("train.epochs", t.epochs, 1)
     _at_least("train.batch_size", t.batch_size, 1)
