@@ -218,11 +218,14 @@ def _merge_kernel(part_ptr, q_ptr, k_ptr, dist_ptr, index_ptr,
     tl.store(index_ptr + out, exact & _LOW31, mask=keep)
 
 
-_TILES = ((16, 64, 4), (32, 64, 8), (16, 128, 8), (16, 256, 8))
-"""GPU config space (BLOCK_B, BLOCK_N, num_warps), each with both SELECT methods; BLOCK_N must
-cover K_SEL and divide CHUNK_ALIGN. Each compiles for sm_90 (d = 40, K_SEL 16 to 128) with at
-most 16 B of stack per thread (bench/results/sm90-compile/knn_tiles.log); the former
-32 x 64 on 4 warps and 64 x 64 on 8 warps spilled 80 to 168 B."""
+_BOTH = (SELECT_TOPK, SELECT_EXTRACT)
+_TILES = ((16, 64, 4, _BOTH), (32, 64, 8, _BOTH), (64, 64, 16, (SELECT_EXTRACT,)),
+          (16, 128, 8, (SELECT_TOPK,)), (16, 256, 8, (SELECT_EXTRACT,)))
+"""GPU config space: (BLOCK_B, BLOCK_N, num_warps, SELECT methods); BLOCK_N must cover K_SEL
+and divide CHUNK_ALIGN. For d = 40 and K_SEL 16 to 64 each compiles for sm_90 with at most
+32 B of stack per thread under Triton 3.8 and 3.6 (the GPU image's); K_SEL 128 (k > 60) spills
+56 B or more under 3.6 whatever the tile (bench/results/sm90-compile/knn_tiles.log). The former
+32 x 64 on 4 warps and 64 x 64 on 8 warps spilled 72 to 168 B."""
 _TUNED: dict[tuple[int, int], object] = {}
 
 
@@ -235,7 +238,7 @@ def _default_config(k_sel: int) -> dict:
     if k_sel <= 64:
         return {"BLOCK_B": 32, "BLOCK_N": 64, "num_warps": 8,
                 "SELECT": SELECT_EXTRACT if k_sel <= 32 else SELECT_TOPK}
-    return {"BLOCK_B": 16, "BLOCK_N": 128, "num_warps": 8, "SELECT": SELECT_TOPK}
+    return {"BLOCK_B": 16, "BLOCK_N": 256, "num_warps": 8, "SELECT": SELECT_EXTRACT}
 
 
 def _tuned_scan(k_sel: int, block_b_cap: int):
@@ -245,8 +248,8 @@ def _tuned_scan(k_sel: int, block_b_cap: int):
     if key not in _TUNED:
         configs = [triton.Config({"BLOCK_B": bb, "BLOCK_N": bn, "SELECT": select},
                                  num_warps=warps, num_stages=2)
-                   for bb, bn, warps in _TILES if bn >= k_sel and bb <= block_b_cap
-                   for select in (SELECT_TOPK, SELECT_EXTRACT)]
+                   for bb, bn, warps, selects in _TILES if bn >= k_sel and bb <= block_b_cap
+                   for select in selects]
         _TUNED[key] = triton.autotune(
             configs, key=["n_queries", "n_pool", "dim", "HAS_CAND", "HAS_EXCL"])(_scan_kernel)
     return _TUNED[key]
@@ -286,7 +289,7 @@ def _launch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None,
     else:
         # about PROGRAMS_PER_SM programs per SM at the largest BLOCK_B: many rows need few
         # chunks, which also bounds the partial lists to ~B x K_SEL x target int64
-        largest = max(block_b for block_b, _, _ in _TILES)
+        largest = max(tile[0] for tile in _TILES)
         target = triton.cdiv(PROGRAMS_PER_SM * _sm_count(queries.device), triton.cdiv(batch, largest))
         chunk = CHUNK_ALIGN * triton.cdiv(triton.cdiv(pool, target), CHUNK_ALIGN)
         if _autotuning():

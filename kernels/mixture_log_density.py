@@ -91,14 +91,15 @@ SPILL_BUDGET = 32
 # work per program that compile for sm_90 within SPILL_BUDGET in the retrieval-training
 # variant (exclude, no log-weights), else the least spilling one, found by `python -m
 # exvae_fast.kernels._mixture_aot --search` with Triton 3.8 (the compiler's numbers are in
-# bench/results/sm90-compile/mixture_tiles.log; which tile is fastest only a GPU can tell).
+# bench/results/sm90-compile/mixture_tiles.log; which tile is fastest only a GPU can tell),
+# and the D_PAD 64 tiles checked with Triton 3.6, the GPU image's (at most 8 B there).
 # The float32 "ieee" dots are unrolled FMAs whose operands live in registers: a tile of
 # the former fixed list (32 x 64 on 8 warps, ...) took 255 registers and spilled 344 B to
 # 4.5 KB per thread at D_PAD = 64 (d = 40). Every BLOCK_N divides CHUNK_ALIGN.
 FORWARD_TILES: dict[int, list[tuple[int, int, int]]] = {
     16: [(16, 128, 8), (32, 64, 8), (64, 32, 8)],
     32: [(32, 64, 8), (64, 32, 8), (64, 32, 16)],
-    64: [(16, 64, 8), (32, 32, 8), (16, 64, 16)],
+    64: [(32, 32, 8), (16, 64, 16), (32, 32, 16)],  # not 16 x 64 on 8: 40 B with Triton 3.6
     128: [(16, 32, 8), (16, 32, 16)],
     256: [(16, 32, 8), (16, 32, 16)],
 }

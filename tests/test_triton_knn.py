@@ -342,8 +342,8 @@ def build(fn, types, consts, warps):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 ptrs = dict(q_ptr="*fp32", k_ptr="*fp32", cand_ptr="*i64", excl_ptr="*i64", part_ptr="*i64")
-for block_b, block_n, warps in m._TILES:  # every autotuned tile, d = 40, k = 10
-    for select in (m.SELECT_TOPK, m.SELECT_EXTRACT):
+for block_b, block_n, warps, selects in m._TILES:  # every autotuned config, d = 40, k = 10
+    for select in selects:
         kernel = build(m._scan_kernel, ptrs, dict(HAS_CAND=True, HAS_EXCL=True, K_SEL=16, D_PAD=48,
                        BLOCK_D=16, BLOCK_B=block_b, BLOCK_N=block_n, SELECT=select), warps)
         regs, stack = resources(kernel.asm["cubin"])
