@@ -7,6 +7,8 @@ Every script of bench/ writes one *results document* (see `result_document`):
      "device": device_info(...), "settings": {...every knob of the run...},
      "results": [{...one record per measured case...}], "skipped": [{"case", "reason"}]}
 
+("ops" documents also carry "autotune": the configs Triton's autotuners chose in the run.)
+
 under bench/results/<device slug>/<kind>-<tag>-<UTC timestamp>.json, where the slug names
 the accelerator ("nvidia-h200") or, on CPU, starts with "cpu-" and names the processor.
 `plot.py` reads only this format; `run_ops.py` converts pytest-benchmark's
@@ -34,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devinfo import (BACKEND_MODULES, PEAK_BANDWIDTH, apply_threads,  # noqa: E402,F401
-                     backends_info, bench_device, cpu_model, device_info, git_info, load_average,
-                     load_backends, peak_bandwidth, synchronize)
+                     autotune_choices, backends_info, bench_device, cpu_model, device_info,
+                     git_info, load_average, load_backends, peak_bandwidth, synchronize)
 
 SCHEMA = "exvae-bench/1"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -255,6 +257,7 @@ def convert_benchmark_json(raw: dict[str, Any]) -> dict[str, Any]:
     settings["timing"] = ("wall clock of one call per round (device synchronised after it), "
                           "inputs rotated over several copies; median over rounds")
     doc = result_document("ops", device, settings, results, extra.get("skipped", []))
+    doc["autotune"] = extra.get("autotune", [])  # the fused kernels' chosen configs
     if raw.get("datetime"):  # when pytest-benchmark ran, in the format of utc_now()
         when = _dt.datetime.fromisoformat(raw["datetime"].replace("Z", "+00:00"))
         if when.tzinfo is not None:

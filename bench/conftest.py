@@ -11,8 +11,9 @@ Options (each also read from the environment, so `exvae bench ops` and CI can se
 
 Fixtures: `bench_device` (torch.device) and `bench_settings` (dict), and the autouse
 deadline check. Hooks add the device metadata (common.device_info) to the benchmark JSON's
-machine_info["exvae_device"] and the skipped cases with their reasons to its "exvae" key,
-which `run_ops.py` / common.convert_benchmark_json turn into a results document.
+machine_info["exvae_device"], and the skipped cases with their reasons and the autotuners'
+chosen configs to its "exvae" key, which `run_ops.py` / common.convert_benchmark_json turn
+into a results document.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
     s = _settings(config)
     output_json["exvae"] = {
         "skipped": list(_SKIPPED),
+        "autotune": common.autotune_choices(),
         "settings": {"device": str(s["device"]), "max_n": s["max_n"], "quick": s["quick"],
                      "target_s_per_case": s["target_s"], "min_rounds": s["min_rounds"],
                      "max_rounds": s["max_rounds"], "B": common.B, "d": common.D, "k": common.K,

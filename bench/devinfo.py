@@ -165,6 +165,26 @@ def backends_info(device: torch.device) -> dict[str, Any]:
     return out
 
 
+def autotune_choices() -> list[dict[str, Any]]:
+    """The configs Triton's autotuners of the fused kernels chose in this process: one
+    {"kernel", "key", "config"} per tuned problem key (key values as strings; config: the
+    meta-parameters, num_warps, num_stages). [] when no kernel module was imported or nothing
+    was tuned (CPU, the interpreter, EXVAE_*_AUTOTUNE=0)."""
+    import sys
+
+    tuners = []
+    mixture = sys.modules.get("exvae_fast.kernels.mixture_log_density")
+    if mixture is not None:
+        tuners += [("mixture_forward_partial_kernel", mixture._forward_tuned),
+                   ("mixture_backward_means_kernel", mixture._backward_tuned)]
+    knn = sys.modules.get("exvae_fast.kernels.knn_search")
+    if knn is not None:
+        tuners += [(f"knn_scan_kernel[K_SEL={k_sel}]", tuner) for (k_sel, _), tuner in knn._TUNED.items()]
+    return [{"kernel": name, "key": [str(value) for value in key],
+             "config": {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}}
+            for name, tuner in tuners for key, config in getattr(tuner, "cache", {}).items()]
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """Everything a result needs to be read later: device, processor, versions, commit."""
     failures = load_backends()

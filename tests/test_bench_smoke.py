@@ -87,6 +87,31 @@ def test_convert_benchmark_json_computes_bandwidth(common):
     assert "bytes" not in r["params"] and r["params"]["N"] == 10000
 
 
+def test_autotune_choices_reach_the_results_document(common, monkeypatch):
+    import sys
+    import types
+
+    import triton
+
+    tuned = types.SimpleNamespace(cache={(128, 1024, 64, "ieee"): triton.Config(
+        {"BLOCK_B": 32, "BLOCK_N": 32}, num_warps=8, num_stages=2)})
+    untuned = types.SimpleNamespace(cache={})
+    monkeypatch.setitem(sys.modules, "exvae_fast.kernels.mixture_log_density",
+                        types.SimpleNamespace(_forward_tuned=tuned, _backward_tuned=untuned))
+    monkeypatch.setitem(sys.modules, "exvae_fast.kernels.knn_search", types.SimpleNamespace(
+        _TUNED={(16, 128): types.SimpleNamespace(cache={(100, 50000, 40, False, True): triton.Config(
+            {"BLOCK_B": 16, "BLOCK_N": 64, "SELECT": 1}, num_warps=4, num_stages=2)})}))
+    choices = common.autotune_choices()
+    assert choices == [
+        {"kernel": "mixture_forward_partial_kernel", "key": ["128", "1024", "64", "ieee"],
+         "config": {"BLOCK_B": 32, "BLOCK_N": 32, "num_warps": 8, "num_stages": 2}},
+        {"kernel": "knn_scan_kernel[K_SEL=16]", "key": ["100", "50000", "40", "False", "True"],
+         "config": {"BLOCK_B": 16, "BLOCK_N": 64, "SELECT": 1, "num_warps": 4, "num_stages": 2}}]
+    raw = _raw_benchmark(_device(common))
+    raw["exvae"]["autotune"] = choices
+    assert common.convert_benchmark_json(raw)["autotune"] == choices
+
+
 def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     device = _device(common)
     ops_doc = common.convert_benchmark_json(_raw_benchmark(device))
