@@ -21,7 +21,8 @@
 # configuration / at the end, so whatever was measured survives.
 #
 # Output: bench/results/<device slug>/ (epoch_time-quick-*.json, ops-quick-*.json and .raw.json,
-# PNGs, gpu_validation/*.log), bench/README.md regenerated. When $OUT is set (the device
+# PNGs, gpu_validation/*.log, gpu_validation/autotune/*.autotune.json: every autotuned
+# config's timings), bench/README.md regenerated. When $OUT is set (the device
 # tool), $OUT/gpu_validation.log (summary) and $OUT/gpu_validation.tar.gz (those files)
 # are refreshed after every step; unpack the archive in the repository root.
 #
@@ -45,6 +46,8 @@ SLUG=""
 export PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16}
+# the kernels' autotuners keep every config's timings there (<kernel>.autotune.json): collected below
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/exvae-triton-cache}
 unset TRITON_INTERPRET
 
 say() { echo "[gpu_validation +$(( $(date +%s) - START ))s] $*" | tee -a "$SUMMARY"; }
@@ -66,6 +69,10 @@ pack() {
     local dest=bench/results/$SLUG/gpu_validation
     mkdir -p "$dest"
     cp "$LOGS"/*.log "$LOGS"/*.xml "$LOGS"/*.json "$dest"/ 2>/dev/null
+    # Triton's autotuning timings of every tuned problem key (the file's folder names the key's hash)
+    find "$TRITON_CACHE_DIR" -name '*.autotune.json' 2>/dev/null | while read -r f; do
+        mkdir -p "$dest/autotune" && cp "$f" "$dest/autotune/$(basename "$(dirname "$f")" | cut -c1-12)-$(basename "$f")"
+    done
     if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
         cp "$SUMMARY" "$OUT/gpu_validation.log"
         tar czf "$OUT/gpu_validation.tar.gz" "bench/results/$SLUG" bench/README.md 2>/dev/null

@@ -243,7 +243,8 @@ def _default_config(k_sel: int) -> dict:
 
 def _tuned_scan(k_sel: int, block_b_cap: int):
     """The autotuned scan for K_SEL and a BLOCK_B cap (the batch rounded up to a power of
-    two): a small config space, cached per problem key by triton.autotune."""
+    two): a small config space, cached per problem key by triton.autotune, in memory and on
+    disk (the timings of every config in Triton's cache directory, _scan_kernel.autotune.json)."""
     key = (k_sel, block_b_cap)
     if key not in _TUNED:
         configs = [triton.Config({"BLOCK_B": bb, "BLOCK_N": bn, "SELECT": select},
@@ -251,7 +252,8 @@ def _tuned_scan(k_sel: int, block_b_cap: int):
                    for bb, bn, warps, selects in _TILES if bn >= k_sel and bb <= block_b_cap
                    for select in selects]
         _TUNED[key] = triton.autotune(
-            configs, key=["n_queries", "n_pool", "dim", "HAS_CAND", "HAS_EXCL"])(_scan_kernel)
+            configs, key=["n_queries", "n_pool", "dim", "HAS_CAND", "HAS_EXCL"],
+            cache_results=True)(_scan_kernel)
     return _TUNED[key]
 
 

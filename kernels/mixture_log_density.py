@@ -127,7 +127,9 @@ def _fixed_config(tiles: dict[int, list[tuple[int, int, int]]], d_pad: int) -> t
 
 def _tuned(kernel, tiles: dict[int, list[tuple[int, int, int]]]):
     """`kernel` autotuned among its tiles for the launch's D_PAD (each a compile of seconds
-    to tens of seconds), cached per power-of-two bucket of B and N, D_PAD and precision."""
+    to tens of seconds), cached per power-of-two bucket of B and N, D_PAD and precision, in
+    memory and on disk (Triton's cache directory holds every tile's timings as
+    <kernel>.autotune.json), so later processes skip the benchmarking."""
     union = sorted({tile for row in tiles.values() for tile in row})
     configs = [triton.Config({"BLOCK_B": b, "BLOCK_N": n}, num_warps=w, num_stages=2)
                for b, n, w in union]
@@ -138,7 +140,8 @@ def _tuned(kernel, tiles: dict[int, list[tuple[int, int, int]]]):
                 if (c.kwargs["BLOCK_B"], c.kwargs["BLOCK_N"], c.num_warps) in wanted]
 
     return triton.autotune(configs, key=["B_KEY", "N_KEY", "D_PAD", "PRECISION"],
-                           prune_configs_by={"early_config_prune": prune})(kernel)
+                           prune_configs_by={"early_config_prune": prune},
+                           cache_results=True)(kernel)
 
 
 _forward_tuned = _tuned(mixture_forward_partial_kernel, FORWARD_TILES)
