@@ -24,13 +24,13 @@ WORLD = 2
 TRAIN_ROWS = 300  # data.synthetic_size: the training rows
 
 
-def ddp_config(out_dir: Path, name: str, epochs: int) -> RunConfig:
+def ddp_config(out_dir: Path, name: str, epochs: int, **overrides) -> RunConfig:
     items = {
         "name": name, "out_dir": str(out_dir), "data.name": "synthetic", "data.synthetic_size": 300,
         "model.name": "vae", "prior.name": "exemplar", "prior.mode": "retrieval", "prior.k": 3,
         "prior.num_exemplars": 100, "train.epochs": epochs, "train.batch_size": 25,
         "train.warmup_epochs": 2, "train.eval_batch_size": 100, "train.early_stopping_patience": 5,
-        "eval.iw_samples": 4,
+        "eval.iw_samples": 4, **overrides,
     }
     return apply_overrides(RunConfig(), [f"{k}={v}" for k, v in items.items()])
 
@@ -119,6 +119,19 @@ def test_two_process_resume_equals_uninterrupted(tmp_path):
     logs = [[json.loads(line)["val_elbo"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
             for name in ("straight", "resumed")]
     assert logs[0] == logs[1] and len(logs[0]) == 3
+
+
+def test_two_processes_train_the_exact_mode_and_a_vampprior(tmp_path):
+    train_in_processes(ddp_config(tmp_path, "exact", epochs=1, **{"prior.mode": "exact"}))
+    train_in_processes(ddp_config(tmp_path, "vamp", epochs=1, **{"prior.name": "vamp",
+                                                                "prior.num_components": 20}))
+    exact, vamp = last_state(tmp_path / "exact"), last_state(tmp_path / "vamp")
+    assert exact["model"]["prior.cache.means"].shape[0] == TRAIN_ROWS
+    assert bool((exact["model"]["prior.cache.stamps"] >= 0).all())
+    assert not any(key.startswith("prior.cache") for key in vamp["model"])
+    for state in (exact, vamp):
+        assert state["epoch"] == 1 and state["world_size"] == WORLD
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
 def test_resuming_a_team_run_alone_is_refused(two_process_run, tmp_path):
