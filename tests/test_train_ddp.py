@@ -35,17 +35,21 @@ def ddp_config(out_dir: Path, name: str, epochs: int, **overrides) -> RunConfig:
     return apply_overrides(RunConfig(), [f"{k}={v}" for k, v in items.items()])
 
 
-def _train_worker(rank: int, world: int, port: int, cfg: dict, resume: bool) -> None:
+def _train_worker(rank: int, world: int, port: int, cfg: dict, resume: bool, refit: bool) -> None:
     as_torchrun_process(rank, world, port)
     trainer = Trainer(config_from_dict(cfg), progress=False)
     try:
         trainer.fit(resume=resume)
+        if refit:  # the model is sharded and wrapped now: a second fit is refused
+            with pytest.raises(RuntimeError, match="trains once"):
+                trainer.fit(resume=True)
     finally:
         leave(trainer.team)
 
 
-def train_in_processes(cfg: RunConfig, resume: bool = False, world: int = WORLD) -> None:
-    mp.start_processes(_train_worker, args=(world, free_port(), config_to_dict(cfg), resume),
+def train_in_processes(cfg: RunConfig, resume: bool = False, world: int = WORLD,
+                       refit: bool = False) -> None:
+    mp.start_processes(_train_worker, args=(world, free_port(), config_to_dict(cfg), resume, refit),
                        nprocs=world, start_method="spawn")
 
 
@@ -121,10 +125,11 @@ def test_two_process_resume_equals_uninterrupted(tmp_path):
     assert logs[0] == logs[1] and len(logs[0]) == 3
 
 
-def test_two_processes_train_the_exact_mode_and_a_vampprior(tmp_path):
+def test_two_processes_train_the_exact_mode_and_a_vampprior_once(tmp_path):
     train_in_processes(ddp_config(tmp_path, "exact", epochs=1, **{"prior.mode": "exact"}))
     train_in_processes(ddp_config(tmp_path, "vamp", epochs=1, **{"prior.name": "vamp",
-                                                                "prior.num_components": 20}))
+                                                                "prior.num_components": 20}),
+                       refit=True)
     exact, vamp = last_state(tmp_path / "exact"), last_state(tmp_path / "vamp")
     assert exact["model"]["prior.cache.means"].shape[0] == TRAIN_ROWS
     assert bool((exact["model"]["prior.cache.stamps"] >= 0).all())

@@ -138,6 +138,10 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainSummary:
         """Train until `train.epochs` or early stopping; returns the summary."""
+        if self.step_model is not self.model:
+            raise RuntimeError("fit: a Trainer in a torchrun team trains once (its model is "
+                               "sharded and wrapped now); to continue, create a new Trainer and "
+                               "call fit(resume=True)")
         start = time.perf_counter()
         main = self.team.is_main
         self.files.root.mkdir(parents=True, exist_ok=True)
