@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .device_checks import DeviceChecks
+
 CACHE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """Storage dtypes of a latent cache."""
 
@@ -146,34 +148,35 @@ def validate_mixture(z: object, means: object, log_var: object, exclude: object,
         check_float(log_weights, "log_weights")
         check_shape(log_weights, "log_weights", (size,), "one per row of means")
     check_same_device(z=z, means=means, log_var=log_var, exclude=exclude, log_weights=log_weights)
-    check_finite(z, "z")
-    check_finite(means, "means")
-    check_finite(log_var, "log_var")
+    checks = DeviceChecks()
+    checks.finite(z, "z")
+    checks.finite(means, "means")
+    checks.finite(log_var, "log_var")
     if exclude is not None:
-        check_range(exclude, "exclude", size, allow_none=True)
-    if log_weights is not None and bool((log_weights.isnan() | (log_weights == float("inf"))).any()):
-        raise ValueError("log_weights contains NaN/+Inf (only -inf is allowed, to drop a component)")
-    _check_participation(z, size, exclude, log_weights)
+        checks.in_range(exclude, "exclude", size, allow_none=True)
+    if log_weights is not None:
+        checks.condition((log_weights.isnan() | (log_weights == float("inf"))).any(),
+                         "log_weights contains NaN/+Inf (only -inf is allowed, to drop a component)")
+    _check_participation(checks, z, size, exclude, log_weights)
+    checks.verify()
 
 
-def _check_participation(z: Tensor, size: int, exclude: Tensor | None,
+def _check_participation(checks: DeviceChecks, z: Tensor, size: int, exclude: Tensor | None,
                          log_weights: Tensor | None) -> None:
-    """ValueError naming the first row of z whose mixture has no component left."""
+    """Adds the check naming the first row of z whose mixture has no component left."""
     if log_weights is None:
         alive = torch.ones(size, dtype=torch.bool, device=z.device)
     else:
         alive = log_weights > float("-inf")
     count = alive.sum().expand(z.shape[0])
-    if exclude is not None:
-        count = count - ((exclude >= 0) & alive[exclude.clamp(min=0)]).long()
-    empty = torch.nonzero(count == 0)
-    if empty.numel():
-        row = int(empty[0, 0])
-        if log_weights is None:
-            raise ValueError(f"exclude: row {row} leaves out the only component (N={size}), "
-                             "so its mixture is empty")
-        raise ValueError(f"log_weights: row {row} has weight -inf on every component it does not "
-                         "exclude, so its mixture is empty")
+    if exclude is not None:  # clamped: an out-of-range exclude is reported by its own check
+        count = count - ((exclude >= 0) & alive[exclude.clamp(0, size - 1)]).long()
+    if log_weights is None:
+        checks.first_row(count == 0, lambda row, _: f"exclude: row {row} leaves out the only "
+                         f"component (N={size}), so its mixture is empty")
+    else:
+        checks.first_row(count == 0, lambda row, _: f"log_weights: row {row} has weight -inf on "
+                         "every component it does not exclude, so its mixture is empty")
 
 
 def validate_knn(queries: object, keys: object, k: object, candidates: object,
@@ -191,9 +194,10 @@ def validate_knn(queries: object, keys: object, k: object, candidates: object,
     if exclude is not None:
         _check_exclude(exclude, queries, "queries")
     check_same_device(queries=queries, keys=keys, candidates=candidates, exclude=exclude)
-    check_finite(queries, "queries")
-    check_finite(keys, "keys")
-    _check_searchable(k, size, candidates, exclude)
+    checks = DeviceChecks()
+    checks.finite(queries, "queries")
+    checks.finite(keys, "keys")
+    _check_searchable(checks, k, size, candidates, exclude)
 
 
 def validate_knn_request(queries: object, dim: int, size: int, k: object, candidates: object,
@@ -213,39 +217,29 @@ def validate_knn_request(queries: object, dim: int, size: int, k: object, candid
         check_index(exclude, "exclude")
         check_shape(exclude, "exclude", (queries.shape[0],), "one entry per row of queries")
     check_same_device(queries=queries, candidates=candidates, exclude=exclude)
-    check_finite(queries, "queries")
-    _check_searchable(k, size, candidates, exclude)
+    checks = DeviceChecks()
+    checks.finite(queries, "queries")
+    _check_searchable(checks, k, size, candidates, exclude)
 
 
-def _check_searchable(k: int, size: int, candidates: Tensor | None, exclude: Tensor | None) -> None:
-    """candidates unique in [0, size), exclude in [-1, size), and k keys searchable per row."""
-    if candidates is not None:
-        check_range(candidates, "candidates", size)
-        check_unique(candidates, "candidates")
-    if exclude is not None:
-        check_range(exclude, "exclude", size, allow_none=True)
-    check_k(k, size, candidates, exclude)
-
-
-def check_k(k: int, size: int, candidates: Tensor | None,
-             exclude: Tensor | None) -> None:
-    """ValueError unless every row has at least k searchable keys."""
+def _check_searchable(checks: DeviceChecks, k: int, size: int, candidates: Tensor | None,
+                      exclude: Tensor | None) -> None:
+    """candidates unique in [0, size), exclude in [-1, size), and k keys searchable per row;
+    runs `checks` (one read of every verdict)."""
     pool = size if candidates is None else candidates.numel()
     what = "keys" if candidates is None else "candidates"
     if k > pool:
         raise ValueError(f"k: expected k <= {pool} (the number of {what}), got k={k}")
-    if exclude is None:
-        return
-    if candidates is None:
-        removed = exclude >= 0
-    else:
-        removed = torch.isin(exclude, candidates)
-    counts = pool - removed.long()
-    short = torch.nonzero(counts < k)
-    if short.numel():
-        row = int(short[0, 0])
-        raise ValueError(f"k: row {row} can search only {int(counts[row])} {what} "
-                         f"({pool} minus its excluded index), got k={k}")
+    if candidates is not None:
+        checks.in_range(candidates, "candidates", size)
+        checks.unique(candidates, "candidates")
+    if exclude is not None:
+        checks.in_range(exclude, "exclude", size, allow_none=True)
+        removed = exclude >= 0 if candidates is None else torch.isin(exclude, candidates)
+        counts = pool - removed.long()
+        checks.first_row(counts < k, lambda row, count: f"k: row {row} can search only {count} "
+                         f"{what} ({pool} minus its excluded index), got k={k}", counts)
+    checks.verify()
 
 
 def validate_cache_update(cache: object, indices: object, values: object, norms: object,
@@ -275,7 +269,10 @@ def validate_cache_update(cache: object, indices: object, values: object, norms:
             raise ValueError("step: given without stamps")
         check_int(step, "step", 0)
     check_same_device(cache=cache, indices=indices, values=values, norms=norms, stamps=stamps)
-    check_range(indices, "indices", size)
-    check_finite(values, "values")
-    if values.dtype != cache.dtype and not bool(torch.isfinite(values.to(cache.dtype)).all()):
-        raise ValueError(f"values: overflow the cache's {cache.dtype} storage (Inf after conversion)")
+    checks = DeviceChecks()
+    checks.in_range(indices, "indices", size)
+    checks.finite(values, "values")
+    if values.dtype != cache.dtype:
+        checks.condition(~torch.isfinite(values.to(cache.dtype)).all(),
+                         f"values: overflow the cache's {cache.dtype} storage (Inf after conversion)")
+    checks.verify()
