@@ -11,7 +11,9 @@ Providers:
                  on CUDA (index_copy_ picks any occurrence), so it is a lower bound for the
                  correct thing.
   "torch"        the library's reference backend (deterministic: unique + scatter_reduce).
-  "cpp"          the compiled op torch.ops.exvae_fast.cache_update_ (csrc/), one call.
+  "cpp"          the compiled op torch.ops.exvae_fast.cache_update_ (csrc/), one call, as the
+                 library calls it after validation: check_range=False, so on CUDA it never
+                 synchronises (the public op's one read of the data is left out, see below).
 The library backends are timed through `dispatch.implementation`, i.e. without the public
 op's argument validation, which is the same for every backend (it reads the data: min/max of
 the indices, finiteness of the values) and would hide the difference between them.

@@ -1,6 +1,6 @@
 // exvae_fast::cache_update_ (schema, argument checks, CPU kernel).
 //
-// cache_update_(cache, indices, values, norms, stamps, step) writes values[k] into
+// cache_update_(cache, indices, values, norms, stamps, step, check_range=True) writes values[k] into
 // cache[indices[k]] for every k, in place. Where an index repeats, its last occurrence wins,
 // whatever the thread schedule: duplicates are resolved inside the op, by finding for each
 // written row the last position that names it, and only that position writes the row.
@@ -14,6 +14,11 @@
 //   norms   [N]     float32, contiguous                               (written, optional)
 //   stamps  [N]     int64, contiguous                                 (written, optional)
 //   step    int >= 0
+//   check_range  bool: raise on an index outside [0, N). On CUDA the verdict is computed on
+//           the device and read back (the call's one synchronisation); a caller that has
+//           checked the range already (the Python op validates every argument first) passes
+//           False to skip that read: a call with an out-of-range index then writes nothing
+//           and raises nothing. The CPU path checks on the host either way (no cost).
 //
 // Every check runs before any tensor is written; a failed check raises c10::Error (a Python
 // RuntimeError) whose message starts with the argument's name.
@@ -174,7 +179,8 @@ void write_winning_rows(const at::Tensor& cache, const at::Tensor& indices,
 
 void cache_update_cpu(const at::Tensor& cache, const at::Tensor& indices,
                       const at::Tensor& values, const std::optional<at::Tensor>& norms,
-                      const std::optional<at::Tensor>& stamps, int64_t step) {
+                      const std::optional<at::Tensor>& stamps, int64_t step,
+                      bool /*check_range: the host loop below always checks*/) {
   const CacheUpdateInputs inputs =
       check_cache_update_args(cache, indices, values, norms, stamps, step);
   const int64_t count = inputs.indices.size(0);
@@ -256,7 +262,7 @@ TORCH_LIBRARY(exvae_fast, m) {
   m.set_python_module("exvae_fast.ops.cache_update");
   m.def(
       "cache_update_(Tensor(a!) cache, Tensor indices, Tensor values, Tensor(b!)? norms, "
-      "Tensor(c!)? stamps, int step) -> ()");
+      "Tensor(c!)? stamps, int step, bool check_range=True) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(exvae_fast, CPU, m) {

@@ -7,9 +7,9 @@
 //   2. claim:  atomicMax(&last[indices[k]], k): each row ends up with its last position.
 //   3. write:  one warp per position k; the warp whose k is its row's last position converts
 //              and writes the row, reduces its squared norm and writes norms and stamps.
-// The write kernel writes nothing when the flag is up; the host then reads the flag (one
-// 4-byte copy, which waits for the kernels) and raises with the offending range. A call
-// therefore synchronises the stream once.
+// The write kernel writes nothing when the flag is up; with check_range the host then reads
+// the flag (one 4-byte copy, which waits for the kernels) and raises with the offending
+// range, so such a call synchronises the stream once; without, it never synchronises.
 #include "cache_update.h"
 
 #include <ATen/ops/aminmax.h>
@@ -103,7 +103,8 @@ __global__ void write_kernel(cache_t* __restrict__ cache, const int64_t* __restr
 
 void cache_update_cuda(const at::Tensor& cache, const at::Tensor& indices,
                        const at::Tensor& values, const std::optional<at::Tensor>& norms,
-                       const std::optional<at::Tensor>& stamps, int64_t step) {
+                       const std::optional<at::Tensor>& stamps, int64_t step,
+                       bool check_range) {
   const c10::cuda::CUDAGuard guard(cache.device());
   const CacheUpdateInputs inputs =
       check_cache_update_args(cache, indices, values, norms, stamps, step);
@@ -141,6 +142,9 @@ void cache_update_cuda(const at::Tensor& cache, const at::Tensor& indices,
     });
   });
 
+  if (!check_range) {
+    return;  // the caller checked the range; an out-of-range call wrote nothing
+  }
   int32_t flag = 0;
   c10::cuda::memcpy_and_sync(&flag, out_of_range, sizeof(int32_t), cudaMemcpyDeviceToHost, stream);
   if (flag != 0) {

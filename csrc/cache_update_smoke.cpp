@@ -22,7 +22,7 @@ void expect(bool ok, const std::string& what) {
 
 using CacheUpdate = void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                         int64_t);
+                         int64_t, bool);
 
 }  // namespace
 
@@ -36,7 +36,7 @@ int main() {
   at::Tensor stamps = at::full({6}, -1, at::kLong);
   at::Tensor indices = at::tensor({4, 1, 4, 0}, at::kLong);
   at::Tensor values = at::arange(12, at::kFloat).view({4, 3});  // row k = 3k, 3k+1, 3k+2
-  op.call(cache, indices, values, norms, stamps, 7);
+  op.call(cache, indices, values, norms, stamps, 7, true);
 
   expect(at::equal(cache[4], values[2]), "duplicate row 4 holds its last occurrence");
   expect(at::equal(cache[1], values[1]) && at::equal(cache[0], values[3]), "other rows written");
@@ -52,7 +52,7 @@ int main() {
   at::Tensor half_norms = at::zeros({2});
   // 1.00390625 + 1e-4 rounds up to 1.0078125 in bfloat16; the norm is of the stored value
   op.call(half_cache, at::tensor({1}, at::kLong), at::full({1, 1}, 1.00390625f + 1e-4f),
-          half_norms, std::nullopt, 0);
+          half_norms, std::nullopt, 0, true);
   expect(half_cache[1][0].item<float>() == 1.0078125f &&
              half_norms[1].item<float>() == 1.0078125f * 1.0078125f,
          "bfloat16 storage: converted on write, norm of the stored row");
@@ -60,12 +60,13 @@ int main() {
   at::Tensor before = cache.clone();
   bool raised = false;
   try {
-    op.call(cache, at::tensor({2, 6}, at::kLong), at::ones({2, 3}), norms, stamps, 8);
+    op.call(cache, at::tensor({2, 6}, at::kLong), at::ones({2, 3}), norms, stamps, 8, false);
   } catch (const c10::Error& error) {
     raised = std::string(error.what()).find("indices: expected values in [0, 6)") !=
              std::string::npos;
   }
-  expect(raised && at::equal(cache, before), "out-of-range index rejected before any write");
+  expect(raised && at::equal(cache, before),
+         "out-of-range index rejected before any write (on CPU even with check_range false)");
 
   std::cout << (failures == 0 ? "all checks passed" : "checks failed") << "\n";
   return failures == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

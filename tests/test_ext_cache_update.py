@@ -363,6 +363,57 @@ def test_cuda_out_of_range_raises_and_writes_nothing():
 
 
 @needs_extension
+def test_cpu_checks_the_range_even_when_told_not_to():
+    cache, norms, stamps = make_state(5, 3, torch.float32, "cpu")
+    before = cache.clone()
+    with pytest.raises(RuntimeError, match=r"indices: expected values in \[0, 5\)"):
+        op(cache, torch.tensor([1, 7]), torch.ones(2, 3), norms, stamps, 1, False)
+    assert torch.equal(cache, before)
+
+
+@needs_extension
+@pytest.mark.gpu
+def test_cuda_without_range_check_writes_nothing_out_of_range_and_does_not_synchronise():
+    cache, norms, stamps = make_state(5, 3, torch.float16, "cuda")
+    before = cache.clone(), norms.clone(), stamps.clone()
+    bad, good = torch.tensor([1, 5], device="cuda"), torch.tensor([2, 2], device="cuda")
+    ones = torch.ones(2, 3, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronisation raises
+    try:
+        op(cache, bad, ones, norms, stamps, 1, False)
+        op(cache, good, ones, norms, stamps, 1, False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = [t.clone() for t in before]
+    expected[0][2], expected[1][2], expected[2][2] = 1.0, 3.0, 1
+    for now, want in zip((cache, norms, stamps), expected):
+        assert torch.equal(now, want)
+
+
+@needs_extension
+@pytest.mark.gpu
+def test_cuda_public_op_synchronises_once():
+    """The public op's validation reads the data once; the compiled op then skips its own
+    range read-back (check_range=False)."""
+    import warnings
+
+    cache, norms, stamps = make_state(1000, 40, torch.bfloat16, "cuda")
+    indices = torch.randint(1000, (1100,), device="cuda")
+    values = torch.randn(1100, 40, device="cuda")
+    cache_update_(cache, indices, values, norms=norms, stamps=stamps, step=1, backend="cpp")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cache_update_(cache, indices, values, norms=norms, stamps=stamps, step=2, backend="cpp")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
+
+
+@needs_extension
 @pytest.mark.gpu
 def test_cuda_rejects_tensors_on_another_device():
     cache, norms, stamps = make_state(5, 3, torch.float32, "cuda")

@@ -86,8 +86,10 @@ def _cache_update_cpp(cache: Tensor, indices: Tensor, values: Tensor, norms: Ten
     # the op writes contiguous tensors only: others are written through a contiguous copy
     targets = (cache, norms, stamps)
     written = tuple(t if t is None or t.is_contiguous() else t.contiguous() for t in targets)
+    # check_range=False: the public op validated the indices already (one synchronisation),
+    # so the CUDA kernel need not read its own verdict back (a second one)
     torch.ops.exvae_fast.cache_update_(written[0], indices.contiguous(), values.contiguous(),
-                                       written[1], written[2], 0 if step is None else step)
+                                       written[1], written[2], 0 if step is None else step, False)
     for target, copy in zip(targets, written):
         if copy is not target:
             target.copy_(copy)
@@ -95,7 +97,7 @@ def _cache_update_cpp(cache: Tensor, indices: Tensor, values: Tensor, norms: Ten
 
 
 def _cache_update_fake(cache: Tensor, indices: Tensor, values: Tensor, norms: Tensor | None,
-                       stamps: Tensor | None, step: int) -> None:
+                       stamps: Tensor | None, step: int, check_range: bool = True) -> None:
     """Fake (meta) implementation for torch.compile: the op returns nothing, writes in place."""
 
 
