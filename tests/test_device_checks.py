@@ -36,12 +36,15 @@ def valid_calls(device="cpu"):
     log_weights = torch.randn(50, generator=g)
     log_weights[7] = float("-inf")
     cache, values = torch.zeros(50, 4, dtype=torch.bfloat16), torch.randn(9, 4, generator=g)
-    to = lambda *ts: [t.to(device) for t in ts]  # noqa: E731
+    rows, log_var = torch.tensor([3, 1, 3, 49, 0, 7, 8, 9, 2]), torch.tensor(0.0)
+    # on the device before any call, so the calls copy nothing from the host
+    queries, keys, candidates, exclude, log_weights, cache, values, rows, log_var = (
+        t.to(device) for t in (queries, keys, candidates, exclude, log_weights, cache, values,
+                               rows, log_var))
     return {
-        "knn": lambda: validate_knn(*to(queries, keys), 5, *to(candidates, exclude)),
-        "mixture": lambda: validate_mixture(*to(queries, keys, torch.tensor(0.0), exclude, log_weights)),
-        "cache_update": lambda: validate_cache_update(*to(cache, torch.tensor([3, 1, 3, 49, 0, 7, 8, 9, 2]),
-                                                          values), None, None, None),
+        "knn": lambda: validate_knn(queries, keys, 5, candidates, exclude),
+        "mixture": lambda: validate_mixture(queries, keys, log_var, exclude, log_weights),
+        "cache_update": lambda: validate_cache_update(cache, rows, values, None, None, None),
     }
 
 
