@@ -18,9 +18,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..cache import LatentCache
+from ..ops.device_checks import DeviceChecks
 from ..ops.dispatch import resolve_backend
-from ..ops.validation import (check_finite, check_float, check_index, check_int, check_range,
-                              check_shape, check_tensor, validate_knn_request)
+from ..ops.validation import (check_finite, check_float, check_index, check_int, check_shape,
+                              check_tensor, validate_knn_request)
 from . import comm
 from .shard_ops import combine_mixtures, merge_knn, shard_knn, shard_mixture
 
@@ -101,11 +102,12 @@ class ShardedLatentCache(nn.Module):
             if tensor is not None and tensor.device != self.device:
                 raise ValueError(f"{name}: on {tensor.device}, but the cache is on {self.device}")
 
-    def _check_indices(self, indices: object, name: str = "indices") -> None:
+    def _check_indices(self, indices: object, checks: DeviceChecks, name: str = "indices") -> None:
+        """Metadata now; the range joins `checks` (read with the call's other data checks)."""
         check_index(indices, name)
         check_shape(indices, name, ("K",))
         self._check_on_device(**{name: indices})
-        check_range(indices, name, self.num_items)
+        checks.in_range(indices, name, self.num_items)
 
     # --- writes -------------------------------------------------------------------------
 
@@ -116,15 +118,18 @@ class ShardedLatentCache(nn.Module):
         rank 0's rows coming first. Each rank writes the rows it owns (norms and stamps too)."""
         error, fields = None, [0, 0]
         try:
-            self._check_indices(indices)
+            checks = DeviceChecks()
+            self._check_indices(indices, checks)
             check_float(values, "values")
             check_shape(values, "values", (indices.shape[0], self.dim),
                         "K matching indices, d matching the cache")
             self._check_on_device(values=values)
-            check_finite(values, "values")
+            checks.finite(values, "values")
             dtype = self.local.means.dtype
-            if values.dtype != dtype and not bool(torch.isfinite(values.to(dtype)).all()):
-                raise ValueError(f"values: overflow the cache's {dtype} storage (Inf after conversion)")
+            if values.dtype != dtype:
+                checks.condition(~torch.isfinite(values.to(dtype)).all(),
+                                 f"values: overflow the cache's {dtype} storage (Inf after conversion)")
+            checks.verify()
             resolve_backend("cache_update_", backend, self.local.means)
             fields = [indices.shape[0], comm.dtype_code(values.dtype)]
         except (TypeError, ValueError) as err:
@@ -182,7 +187,9 @@ class ShardedLatentCache(nn.Module):
         each rank, which may repeat and may be empty."""
         error, fields = None, [0]
         try:
-            self._check_indices(indices)
+            checks = DeviceChecks()
+            self._check_indices(indices, checks)
+            checks.verify()
             fields = [indices.shape[0]]
         except (TypeError, ValueError) as err:
             error = err
@@ -292,9 +299,11 @@ class ShardedLatentCache(nn.Module):
                         raise ValueError(f"{name}: requires grad, but the sharded mixture is for "
                                          "evaluation only (no gradient crosses the ranks); call "
                                          "it under torch.no_grad()")
-            check_finite(z, "z")
-            check_finite(log_var, "log_var")
-            check_finite(self.local.means, "means (this rank's cache shard)")
+            checks = DeviceChecks()
+            checks.finite(z, "z")
+            checks.finite(log_var, "log_var")
+            checks.finite(self.local.means, "means (this rank's cache shard)")
+            checks.verify()
             resolve_backend("mixture_log_density", backend, z)
             bits = torch.tensor(float(log_var), dtype=torch.float64).view(torch.int64)
             fields = [z.shape[0], comm.dtype_code(z.dtype), int(bits)]
