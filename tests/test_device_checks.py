@@ -84,11 +84,10 @@ def test_out_of_range_exclude_is_reported_not_indexed():
         validate_mixture(z, means, torch.tensor(0.0), torch.tensor([9, -1]), torch.zeros(4))
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("op", ["knn", "mixture", "cache_update"])
-def test_each_validator_synchronises_cuda_once(op):
-    call = valid_calls("cuda")[op]
-    call()  # warm up (lazy CUDA initialisation synchronises too)
+def cuda_synchronisations(call) -> list[str]:
+    """The synchronising operations `call()` performs on CUDA (torch's sync debug mode), after
+    a warm-up call (lazy initialisation synchronises too)."""
+    call()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
@@ -97,5 +96,11 @@ def test_each_validator_synchronises_cuda_once(op):
             call()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    return [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["knn", "mixture", "cache_update"])
+def test_each_validator_synchronises_cuda_once(op):
+    syncs = cuda_synchronisations(valid_calls("cuda")[op])
+    assert len(syncs) == 1, syncs

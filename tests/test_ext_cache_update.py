@@ -396,21 +396,14 @@ def test_cuda_without_range_check_writes_nothing_out_of_range_and_does_not_synch
 def test_cuda_public_op_synchronises_once():
     """The public op's validation reads the data once; the compiled op then skips its own
     range read-back (check_range=False)."""
-    import warnings
+    from test_device_checks import cuda_synchronisations
 
     cache, norms, stamps = make_state(1000, 40, torch.bfloat16, "cuda")
     indices = torch.randint(1000, (1100,), device="cuda")
     values = torch.randn(1100, 40, device="cuda")
-    cache_update_(cache, indices, values, norms=norms, stamps=stamps, step=1, backend="cpp")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            cache_update_(cache, indices, values, norms=norms, stamps=stamps, step=2, backend="cpp")
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert len([w for w in caught if "synchroniz" in str(w.message)]) == 1
+    syncs = cuda_synchronisations(lambda: cache_update_(cache, indices, values, norms=norms,
+                                                        stamps=stamps, step=2, backend="cpp"))
+    assert len(syncs) == 1, syncs
 
 
 @needs_extension
