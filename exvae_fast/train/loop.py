@@ -194,8 +194,10 @@ class Trainer:
             terms = self.step_model(x, indices=idx)
             loss = -(terms.recon - beta * terms.kl).mean()
             if not all_finite(loss, self.team):
+                where = f" on some rank (here {float(loss.detach())})" if self.team.distributed else ""
                 raise TrainingDiverged(
-                    f"loss became {float(loss.detach())} at epoch {epoch}, step {self.state.step + 1}; training "
+                    f"loss became {'non-finite' if where else float(loss.detach())}{where} at epoch "
+                    f"{epoch}, step {self.state.step + 1}; training "
                     f"stopped; the last good checkpoint is {self.files.last_checkpoint} "
                     f"(epoch {epoch - 1}). Try a lower train.lr or another seed.")
             self.optimizer.zero_grad(set_to_none=True)
