@@ -10,7 +10,8 @@ before each round), full (forward + backward). Bytes counted (the least each cal
 move): forward reads means once (N d 4 B); backward reads means and writes their
 gradient (2 N d 4 B); full is both (3 N d 4 B); z, log_var and the [B] output are
 negligible. FLOPs: 2 B N d per pass over the distances (forward 1 pass, backward 3:
-distances, z-gradient, means-gradient).
+distances, z-gradient, means-gradient). Variant "tf32x3": the Triton kernels with TF32
+tensor-core dots (three passes) instead of float32 FMAs (forward and full, after the rest).
 
     pytest bench/test_mixture_log_density.py --benchmark-json raw.json   (or `exvae bench ops`)
 """
@@ -82,6 +83,28 @@ def setup_mixture(n: int, device: torch.device, mode: str, seed: int = 0) -> com
 @pytest.mark.parametrize("provider", common.PROVIDERS)
 @pytest.mark.parametrize("mode", common.MODES)
 def test_mixture_log_density(benchmark, bench_device, bench_settings, mode: str, provider: str, n: int) -> None:
+    run_case(benchmark, bench_device, bench_settings, mode, provider, n)
+
+
+@pytest.mark.parametrize("n", common.SIZES_N, ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("mode", ["forward", "full"])
+def test_mixture_log_density_tf32x3(benchmark, bench_device, bench_settings, monkeypatch,
+                                    mode: str, n: int) -> None:
+    """The Triton kernels with DOT_PRECISION "tf32x3" (TF32 tensor cores, three passes) instead
+    of "ieee" (float32 FMAs): series "variant=tf32x3". Collected last, so a time-budgeted run
+    reaches it only after every other case."""
+    reason = common.provider_skip_reason(OP, "triton", bench_device, PEERS)
+    if reason:
+        pytest.skip(reason)
+    from exvae_fast.kernels import mixture_log_density as fused
+
+    monkeypatch.setattr(fused, "DOT_PRECISION", "tf32x3")
+    run_case(benchmark, bench_device, bench_settings, mode, "triton", n, variant="tf32x3")
+
+
+def run_case(benchmark, bench_device, bench_settings, mode: str, provider: str, n: int,
+             variant: str = "") -> None:
+    """Times one (mode, provider, N) case; `variant` labels a non-default configuration."""
     check_size(bench_settings, n)
     reason = common.provider_skip_reason(OP, provider, bench_device, PEERS)
     if reason:
@@ -119,7 +142,7 @@ def test_mixture_log_density(benchmark, bench_device, bench_settings, mode: str,
     elements = n * common.D
     bytes_moved = {"forward": 1, "backward": 2, "full": 3}[mode] * elements * 4
     info = {"op": OP, "provider": provider, "mode": mode, "N": n, "B": common.B, "d": common.D,
-            "dtype": "float32", "variant": "", "rotation_sets": inputs.count,
+            "dtype": "float32", "variant": variant, "rotation_sets": inputs.count,
             "bytes": bytes_moved, "flops": PASSES[mode] * 2 * common.B * elements}
     common.measure(benchmark, call, prepare, device=bench_device, info=info,
                    target_s=bench_settings["target_s"], min_rounds=bench_settings["min_rounds"],
