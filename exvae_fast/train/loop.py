@@ -109,14 +109,17 @@ class Trainer:
         every rank's RNG state)."""
         s = self.state
         rng = gather_objects(capture_rng_state(), self.team)
-        return {
+        state = {
             "model": full_state_dict(self.model),
             "optimizer": self.optimizer.state_dict(),
             "epoch": s.epoch, "step": s.step, "best_val_elbo": s.best_val_elbo,
             "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs,
-            "rng": rng[0], "rng_by_rank": rng, "world_size": self.team.world,
+            "rng": rng[0], "world_size": self.team.world,
             "config": config_to_dict(self.cfg),
         }
+        if self.team.distributed:  # the other ranks' states too (rank 0's is "rng")
+            state["rng_by_rank"] = rng
+        return state
 
     def resume(self) -> None:
         """Continue exactly from the run folder's last checkpoint (written by a team of the
