@@ -293,13 +293,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def spawn_team(worker, world: int, *args) -> None:
+    """worker(rank, world, port, *args) in `world` spawned processes on a free localhost port;
+    once more on another port if the chosen one was taken in between (the only retry)."""
+    for attempt in range(2):
+        try:
+            mp.start_processes(worker, args=(world, free_port(), *args), nprocs=world, join=True,
+                               start_method="spawn")
+            return
+        except mp.ProcessRaisedException as err:
+            if attempt or "address already in use" not in str(err).lower():
+                raise
+
+
 @pytest.fixture(scope="module", params=WORLDS, ids=[f"world{w}" for w in WORLDS])
 def run(request, tmp_path_factory) -> tuple[int, list[dict]]:
     """(world, per-rank results) of one spawn of `world` gloo processes."""
     world = request.param
     out = tmp_path_factory.mktemp(f"world{world}")
-    mp.start_processes(_worker, args=(world, free_port(), str(out)), nprocs=world, join=True,
-                       start_method="spawn")
+    spawn_team(_worker, world, str(out))
     return world, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from test_distributed import as_torchrun_process, free_port
+from test_distributed import as_torchrun_process, spawn_team
 
 from exvae_fast.report import evaluate_run
 from exvae_fast.train.checkpoint import load_checkpoint
@@ -49,8 +48,7 @@ def _train_worker(rank: int, world: int, port: int, cfg: dict, resume: bool, ref
 
 def train_in_processes(cfg: RunConfig, resume: bool = False, world: int = WORLD,
                        refit: bool = False) -> None:
-    mp.start_processes(_train_worker, args=(world, free_port(), config_to_dict(cfg), resume, refit),
-                       nprocs=world, start_method="spawn")
+    spawn_team(_train_worker, world, config_to_dict(cfg), resume, refit)
 
 
 def last_state(run_dir: Path) -> dict:
