@@ -349,12 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = run(settings, device, out)
     finally:
         torch.set_num_threads(threads)  # leave an in-process caller (`exvae bench`) as it was
-    print()
-    print(tables.epoch_caption(doc))
-    print()
-    print(tables.epoch_table(doc))
-    if out is not None:
-        print(f"\nwrote {out}")
+    tables.print_report(tables.epoch_caption(doc), tables.epoch_table(doc), out)
     return 0 if any(r.get("status") == "ok" for r in doc["results"]) else 1
 
 

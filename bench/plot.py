@@ -8,8 +8,9 @@ For each device folder bench/results/<slug>/, the latest "epoch_time" and the la
 document (by their "created" time) give epoch_time.png (s/epoch bars, one group per model,
 one bar per prior, one panel per data set, whiskers from the fastest to the slowest repeat)
 and ops_<op>.png (median time per call against N, log-log, one line per provider, one panel
-per mode/variant). `--markdown` replaces the text between README_BEGIN and README_END in
-bench/README.md with the same documents' tables: nothing there is typed by hand.
+per mode/variant); the latest "prior_study" document (prior_study.py) gives a table only.
+`--markdown` replaces the text between README_BEGIN and README_END in bench/README.md with
+the same documents' tables: nothing there is typed by hand.
 """
 from __future__ import annotations
 
@@ -207,6 +208,11 @@ def markdown(latest: dict[str, dict[str, tuple[Path, dict]]], pictures: dict[str
             skipped = tables.skipped_list(doc)
             if skipped:
                 parts.append("<details><summary>Skipped cases</summary>\n\n" + skipped + "\n\n</details>\n")
+        if "prior_study" in kinds:
+            path, doc = kinds["prior_study"]
+            parts.append(f"#### Priors compared on the embedded digits (`{_relative(path, base)}`)\n")
+            parts.append(tables.prior_study_caption(doc) + "\n")
+            parts.append(tables.prior_study_table(doc) + "\n")
     return "\n".join(parts)
 
 

@@ -22,6 +22,13 @@ MODE_ORDER = ("forward", "backward", "full")
 PROVIDER_ORDER = ("torch", "torch-naive", "triton", "cpp", "faiss", "keops")
 
 
+def print_report(caption: str, table: str, out: Path | None) -> None:
+    """What a bench script prints at its end: the caption, the table, where the JSON went."""
+    print(f"\n{caption}\n\n{table}")
+    if out is not None:
+        print(f"\nwrote {out}")
+
+
 def _index(order: tuple, item: str) -> int:
     return order.index(item) if item in order else len(order)
 
@@ -191,3 +198,57 @@ def skipped_list(doc: dict[str, Any], limit: int = 40) -> str:
         reasons[item.get("reason", "?")] = reasons.get(item.get("reason", "?"), 0) + 1
     lines = [f"- {count} case(s): {reason}" for reason, count in list(reasons.items())[:limit]]
     return "\n".join(lines)
+
+
+PRIOR_STUDY_ORDER = ("standard", "vamp500", "exemplar-exact", "exemplar-retrieval")
+
+
+def _mean_spread(values: list[float], digits: int = 2) -> str:
+    """'mean' for one value, 'mean ± sample std (n)' for several."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
+
+
+def prior_study_table(doc: dict[str, Any]) -> str:
+    """Test log-likelihood per prior of a "prior_study" document (mean ± std over seeds)."""
+    header = ["prior", "test log-likelihood (nats)", "test ELBO", "KL", "neg. reconstruction",
+              "active units", "epochs (best)", "sigma^2", "k=10 carries (test / train)"]
+    by_prior: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["results"]:
+        by_prior.setdefault(r["prior"], []).append(r)
+    rows = []
+    for prior in sorted(by_prior, key=lambda p: (_index(PRIOR_STUDY_ORDER, p), p)):
+        runs = by_prior[prior]
+        gaps = [r["retrieval_gap"] for r in runs if r.get("retrieval_gap")]
+        carried = "-"
+        if gaps and "10" in gaps[0].get("test", {}):
+            carried = " / ".join(_fmt_fraction(sum(g[split]["10"]["mass"] for g in gaps) / len(gaps))
+                                 for split in ("test", "train"))
+        variances = [r["prior_variance"] for r in runs if r.get("prior_variance") is not None]
+        rows.append([runs[0]["prior_label"], _mean_spread([r["log_likelihood"] for r in runs]),
+                     _mean_spread([r["elbo"] for r in runs]), _mean_spread([r["kl"] for r in runs]),
+                     _mean_spread([r["neg_recon"] for r in runs]),
+                     _mean_spread([r["active_units"] for r in runs], 1),
+                     ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in runs),
+                     f"{sum(variances) / len(variances):.3g}" if variances else "-", carried])
+    return markdown_table(header, rows)
+
+
+def prior_study_caption(doc: dict[str, Any]) -> str:
+    """One paragraph saying what was trained, on what, and how it was evaluated."""
+    s, dev = doc["settings"], doc["device"]
+    seeds = s.get("seeds") or []
+    return (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}, commit "
+            f"{str((dev.get('git') or {}).get('commit'))[:10]}, measured {doc['created']}. VAE (d = 40) "
+            f"on the embedded `{s.get('dataset')}` digits (4,000 train / 500 validation / 500 test), "
+            f"`{s.get('base_config')}` with at most {s.get('epochs')} epochs, KL warm-up "
+            f"{s.get('warmup_epochs')}, early stopping after {s.get('early_stopping_patience')} epochs "
+            f"without a better validation ELBO (best checkpoint evaluated); {len(seeds)} seed(s) "
+            f"{seeds} per prior (mean ± sample std when several). Test log-likelihood: importance-weighted "
+            f"with {s.get('iw_samples')} samples per digit. Last column: mean share of the test-time "
+            f"exemplar prior carried by the 10 exemplars nearest to the posterior mean "
+            f"(exp(-retrieval gap), `exvae_fast.evaluation.retrieval_gap`). A miniature of the paper's "
+            f"comparison, not its setting: compare the rows with each other, not with the paper's tables.")

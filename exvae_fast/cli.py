@@ -66,7 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
     au.add_argument("--seed", type=int, default=0)
 
     be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
-    be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks) or plot (PNGs and README tables)")
+    be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks), priors (test log-likelihood "
+                    "of each prior on the embedded digits) or plot (PNGs and README tables)")
     be.add_argument("args", nargs=argparse.REMAINDER, help="passed to the target; `exvae bench TARGET --help`")
     return parser
 
@@ -118,6 +119,13 @@ def _print_metrics(m: dict) -> None:
     if "bits_per_dim" in m:
         line += f"; {m['bits_per_dim']:.4f} bits/dim"
     print(line)
+    gap = m.get("retrieval_gap") or {}
+    for split in (m["split"], "train"):
+        if split in gap:
+            shares = ", ".join(f"k={k} {100 * row['mass']:.1f}% ({row['mean']:.3g} nats)"
+                               for k, row in gap[split].items())
+            print(f"share of the exemplar prior carried by the k nearest exemplars ({split} rows; "
+                  f"mean gap): {shares}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
-from .evaluation import active_units, bits_per_dim, evaluate_elbo, log_likelihood
+from .evaluation import (active_units, bits_per_dim, evaluate_elbo, log_likelihood, retrieval_gap,
+                         summarize_gap)
 from .generation import exemplar_conditioned_samples, sample_images
 from .models import LatentVariableModel
+from .priors import ExemplarPrior
 from .plots import plot_training_curves, read_jsonl, save_image_grid
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
@@ -19,6 +21,8 @@ from .train.run_files import RunFiles, write_json
 CHECKPOINTS = ("best", "last")
 SPLITS = ("test", "val")
 EXEMPLAR_ROWS = 10  # exemplars shown in the exemplar-conditioned grid, each with 10 samples
+GAP_KS = (1, 5, 10, 50)  # neighbour counts of the retrieval gap (plus the prior's own k)
+GAP_TRAIN_ROWS = 2000  # training rows (evenly spaced, each leaving itself out) it is measured on
 
 
 def load_trained(run_dir: str | Path, checkpoint: str = "best",
@@ -69,11 +73,31 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     }
     if model.likelihood == "logistic":
         metrics["bits_per_dim"] = bits_per_dim(ll, model.input_dim)
+    if isinstance(model.prior, ExemplarPrior):
+        metrics["retrieval_gap"] = retrieval_gap_metrics(model, x, data.train, split,
+                                                         batch_size=cfg.train.eval_batch_size,
+                                                         progress=progress)
     metrics["seconds"] = time.perf_counter() - start
     write_json(files.final_metrics, metrics)
     if pictures:
         write_pictures(files, cfg, model, data)
     return metrics
+
+
+def retrieval_gap_metrics(model: LatentVariableModel, x: torch.Tensor, train: torch.Tensor, split: str, *,
+                          batch_size: int = 500, progress: bool = True) -> dict:
+    """`summarize_gap` of the k-nearest-exemplar truncation of the test-time exemplar prior, on
+    the evaluated rows x and on up to GAP_TRAIN_ROWS training rows (leave-one-out), for the
+    neighbour counts GAP_KS and the prior's k that it holds (exvae_fast.evaluation.retrieval_gap)."""
+    prior = model.prior
+    ks = sorted(k for k in {*GAP_KS, prior.k} if k < prior.num_items)
+    if not ks:
+        return {}
+    rows = torch.linspace(0, train.shape[0] - 1, min(GAP_TRAIN_ROWS, train.shape[0])).round().long().unique()
+    return {"ks": ks,
+            split: summarize_gap(retrieval_gap(model, x, ks, batch_size=batch_size, progress=progress)),
+            "train": summarize_gap(retrieval_gap(model, train[rows], ks, indices=rows, batch_size=batch_size,
+                                                 progress=progress))}
 
 
 def write_pictures(files: RunFiles, cfg: RunConfig, model: LatentVariableModel, data) -> None:

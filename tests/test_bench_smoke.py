@@ -128,11 +128,20 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     load_script("tables").add_ratios(results)
     epoch_doc = common.result_document("epoch_time", device, {"preset": "quick", "repeats": 3}, results)
     epoch_path = common.write_json(epoch_doc, tmp_path / "docs" / "epoch.json")
+    gap = {"ks": [1, 10], "test": {"10": {"mass": 0.95}}, "train": {"10": {"mass": 0.9}}}
+    study = [{"prior": prior, "prior_label": label, "seed": seed, "log_likelihood": ll, "elbo": ll - 4,
+              "kl": 20.0, "neg_recon": 80.0 - ll, "active_units": 10 + seed, "epochs": 100, "best_epoch": 60,
+              "train_s_per_epoch": 2.0, "prior_variance": var, **({"retrieval_gap": gap} if var else {})}
+             for prior, label, var, lls in (("exemplar-retrieval", "Exemplar retrieval k=10", 0.5, (-90.0, -92.0)),
+                                            ("standard", "Standard Gaussian", None, (-95.0, -95.5)))
+             for seed, ll in enumerate(lls)]
+    study_doc = common.result_document("prior_study", device, {"seeds": [0, 1], "iw_samples": 1000}, study)
+    study_path = common.write_json(study_doc, tmp_path / "docs" / "study.json")
     readme = tmp_path / "README.md"
     plot = load_script("plot")
     readme.write_text(f"# intro\n\n{plot.README_BEGIN}\nold table\n{plot.README_END}\n\n## after\n")
 
-    status = cli.main(["bench", "plot", "--files", str(ops_path), str(epoch_path),
+    status = cli.main(["bench", "plot", "--files", str(ops_path), str(epoch_path), str(study_path),
                        "--out-dir", str(tmp_path / "png"), "--markdown", str(readme)])
     assert status == 0
     pngs = sorted(p.name for p in (tmp_path / "png" / device["slug"]).iterdir())
@@ -145,6 +154,10 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     assert "| VAE | MNIST-shaped | Exemplar fused | 3.00 | 2.70-3.30 | 0.75 | 0.07 | 5 / 500 |" in text
     assert "error: OOM" in text and "cpp is not available" in text
     assert "| triton | forward | - | 0.1 ms | 1 ms |" in text  # no GB/s without a peak bandwidth
+    # prior study: standard first, mean ± sample std over the seeds, the share k = 10 carries
+    assert text.index("| Standard Gaussian | -95.25 ± 0.35 (2) |") < text.index(
+        "| Exemplar retrieval k=10 | -91.00 ± 1.41 (2) | -95.00 ± 1.41 (2) |")
+    assert "| 10.5 ± 0.7 (2) | 100 (60), 100 (60) | 0.5 | 95% / 90% |" in text
 
 
 def test_bench_ops_runs_one_case_through_pytest_benchmark(tmp_path):
@@ -161,3 +174,32 @@ def test_bench_ops_runs_one_case_through_pytest_benchmark(tmp_path):
     assert record["time_s"]["count"] >= 3 and record["time_s"]["median"] > 0
     assert record["bytes"] == 1000 * 40 * 4 and record["gbps"] > 0 and record["peak_bandwidth_fraction"] is None
     assert all("above the largest N" in s["reason"] for s in doc["skipped"])
+
+
+def test_prior_study_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
+    out = tmp_path / "study.json"
+    argv = ["bench", "priors", "--priors", "standard,exemplar-retrieval", "--seeds", "0", "1",
+            "--epochs", "1", "--warmup-epochs", "1", "--steps-per-epoch", "2", "--iw-samples", "3",
+            "--threads", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "prior_study" and doc["device"]["type"] == "cpu"
+    assert doc["settings"]["seeds"] == [0, 1] and doc["settings"]["iw_samples"] == 3
+    assert [(r["prior"], r["seed"]) for r in doc["results"]] == [
+        ("standard", 0), ("exemplar-retrieval", 0), ("standard", 1), ("exemplar-retrieval", 1)]
+    for r in doc["results"]:
+        assert r["epochs"] == 1 and r["best_epoch"] == 1 and not r["resumed"]
+        assert r["iw_samples"] == 3 and r["log_likelihood"] < 0 and r["train_s_per_epoch"] > 0
+        assert (tmp_path / "runs" / f"{r['prior']}-s{r['seed']}" / "metrics.json").is_file()
+    exemplar = doc["results"][1]
+    assert exemplar["prior_variance"] > 0 and exemplar["retrieval_gap"]["ks"] == [1, 5, 10, 50]
+    assert doc["results"][0]["prior_variance"] is None and "retrieval_gap" not in doc["results"][0]
+    printed = capsys.readouterr().out
+    assert "| Exemplar retrieval k=10 |" in printed and " ± " in printed and "1 (1), 1 (1)" in printed
+
+    # A second call resumes the finished runs (no further epochs) and evaluates them again.
+    assert cli.main([*argv[:6], *argv[7:]]) == 0  # seed 0 only
+    again = json.loads(out.read_text())
+    assert [r["resumed"] for r in again["results"]] == [True, True]
+    assert [r["epochs"] for r in again["results"]] == [1, 1]
+    assert cli.main(["bench", "priors", "--priors", "nonsense", "--no-write"]) == 2

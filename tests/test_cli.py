@@ -32,13 +32,21 @@ def test_train_writes_the_run_folder(run_dir):
     assert metrics["elbo"] == pytest.approx(-(metrics["kl"] + metrics["neg_recon"]))
     assert metrics["log_likelihood"] >= metrics["elbo"] - 5.0  # IWAE bound is at least as tight (noise aside)
     assert 0 <= metrics["active_units"] <= 40
+    gap = metrics["retrieval_gap"]  # the demo's prior is an exemplar prior (k = 10)
+    assert gap["ks"] == [1, 5, 10, 50]
+    for rows in ("test", "train"):
+        masses = [gap[rows][str(k)]["mass"] for k in gap["ks"]]
+        assert all(0 < a <= b <= 1 for a, b in zip(masses, masses[1:])), masses
+        assert all(gap[rows][str(k)]["mean"] >= 0 for k in gap["ks"])
     with Image.open(run_dir / "exemplar_samples.png") as img:
         assert img.width > img.height > 0  # 10 rows of exemplar + 10 samples
 
 
 def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--iw-samples", "4", "--no-pictures", "--no-progress"]) == 0
-    assert "log-likelihood (4 importance samples)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "log-likelihood (4 importance samples)" in printed
+    assert "carried by the k nearest exemplars (test rows" in printed and "k=10 " in printed
     for kind, extra in [("unconditional", []), ("exemplar", []), ("iterative", ["--from-noise"])]:
         out = tmp_path / f"{kind}.png"
         assert main(["sample", str(run_dir), "--kind", kind, "--n", "3", "--per-row", "4", "--out", str(out),
