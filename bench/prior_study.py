@@ -11,7 +11,8 @@ numbers are comparable with each other, not with the paper's tables.
 Every (prior, seed) is one `exvae train` run of configs/mnist-5k-demo.toml (VAE, d = 40,
 batch 100, gradient-normalised Adam 5e-4) with the study's epochs, KL warm-up and early
 stopping, then `exvae evaluate` on the 500 test digits (ELBO split, importance-weighted
-log-likelihood, active units and, for exemplar priors, the retrieval gap: the share of the
+log-likelihood, active units, the kNN classification error of the posterior means and, for
+exemplar priors, the retrieval gap: the share of the
 test-time prior the k nearest exemplars carry). A run folder that already has a last
 checkpoint is resumed (an early-stopped or finished run trains no further), so an
 interrupted study continues where it stopped. The results document is rewritten after each
@@ -86,7 +87,8 @@ def train_and_evaluate(prior: str, seed: int, args: argparse.Namespace) -> dict[
     summary = Trainer(cfg, progress=not args.no_progress).fit(resume=resume)
     metrics = evaluate_run(run_dir, progress=not args.no_progress)
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    keep = ("elbo", "kl", "neg_recon", "log_likelihood", "iw_samples", "active_units", "retrieval_gap")
+    keep = ("elbo", "kl", "neg_recon", "log_likelihood", "iw_samples", "active_units", "knn_error",
+            "retrieval_gap")
     return {"prior": prior, "prior_label": PRIORS[prior][0], "seed": seed, "run_dir": str(run_dir),
             "resumed": resume, "epochs": summary.epochs_completed, "best_epoch": summary.best_epoch,
             "stopped_early": summary.stopped_early, "best_val_elbo": summary.best_val_elbo,

@@ -212,10 +212,18 @@ def _mean_spread(values: list[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
 
 
+def _knn_errors(runs: list[dict[str, Any]]) -> str:
+    """Mean 1-NN and 5-NN classification error over the runs that measured it."""
+    measured = [r["knn_error"] for r in runs if r.get("knn_error")]
+    if not measured:
+        return "-"
+    return " / ".join(f"{100 * sum(m[k] for m in measured) / len(measured):.1f}%" for k in ("1", "5"))
+
+
 def prior_study_table(doc: dict[str, Any]) -> str:
     """Test log-likelihood per prior of a "prior_study" document (mean ± std over seeds)."""
     header = ["prior", "test log-likelihood (nats)", "test ELBO", "KL", "neg. reconstruction",
-              "active units", "epochs (best)", "sigma^2", "k=10 carries (test / train)"]
+              "active units", "kNN error k=1 / 5", "epochs (best)", "sigma^2", "k=10 carries (test / train)"]
     by_prior: dict[str, list[dict[str, Any]]] = {}
     for r in doc["results"]:
         by_prior.setdefault(r["prior"], []).append(r)
@@ -231,7 +239,7 @@ def prior_study_table(doc: dict[str, Any]) -> str:
         rows.append([runs[0]["prior_label"], _mean_spread([r["log_likelihood"] for r in runs]),
                      _mean_spread([r["elbo"] for r in runs]), _mean_spread([r["kl"] for r in runs]),
                      _mean_spread([r["neg_recon"] for r in runs]),
-                     _mean_spread([r["active_units"] for r in runs], 1),
+                     _mean_spread([r["active_units"] for r in runs], 1), _knn_errors(runs),
                      ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in runs),
                      f"{sum(variances) / len(variances):.3g}" if variances else "-", carried])
     return markdown_table(header, rows)

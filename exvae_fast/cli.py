@@ -119,6 +119,9 @@ def _print_metrics(m: dict) -> None:
     if "bits_per_dim" in m:
         line += f"; {m['bits_per_dim']:.4f} bits/dim"
     print(line)
+    if "knn_error" in m:
+        print("kNN classification error of the posterior means: "
+              + ", ".join(f"k={k} {100 * error:.2f}%" for k, error in m["knn_error"].items()))
     gap = m.get("retrieval_gap") or {}
     for split in (m["split"], "train"):
         if split in gap:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from .evaluation import (active_units, bits_per_dim, evaluate_elbo, log_likelihood, retrieval_gap,
-                         summarize_gap)
+from .evaluation import (active_units, bits_per_dim, evaluate_elbo, knn_classification_error, log_likelihood,
+                         retrieval_gap, summarize_gap)
 from .generation import exemplar_conditioned_samples, sample_images
 from .models import LatentVariableModel
 from .priors import ExemplarPrior
@@ -22,6 +22,7 @@ CHECKPOINTS = ("best", "last")
 SPLITS = ("test", "val")
 EXEMPLAR_ROWS = 10  # exemplars shown in the exemplar-conditioned grid, each with 10 samples
 GAP_KS = (1, 5, 10, 50)  # neighbour counts of the retrieval gap (plus the prior's own k)
+KNN_KS = (1, 3, 5, 10)  # neighbour counts of the latent kNN classification (labelled data sets)
 GAP_TRAIN_ROWS = 2000  # training rows (evenly spaced, each leaving itself out) it is measured on
 
 
@@ -48,8 +49,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
                  iw_samples: int | None = None, device: str | None = None,
                  pictures: bool = True, progress: bool = True) -> dict:
     """Test ELBO (KL / reconstruction), importance-weighted log-likelihood, active units,
-    bits/dim for discretised-logistic data; writes metrics.json and, with `pictures`,
-    the loss curve, a sample grid and an exemplar-conditioned grid. Returns the metrics."""
+    bits/dim for discretised-logistic data, the kNN classification error of the posterior
+    means for labelled data sets, the retrieval gap for an exemplar prior; writes
+    metrics.json and, with `pictures`, the loss curve, a sample grid and an
+    exemplar-conditioned grid. Returns the metrics."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     start = time.perf_counter()
@@ -73,6 +76,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     }
     if model.likelihood == "logistic":
         metrics["bits_per_dim"] = bits_per_dim(ll, model.input_dim)
+    labels = data.test_labels if split == "test" else data.val_labels
+    if data.train_labels is not None and labels is not None:
+        errors = knn_classification_error(model, data.train, data.train_labels, x, labels, KNN_KS,
+                                          batch_size=cfg.train.eval_batch_size, progress=progress)
+        metrics["knn_error"] = {str(k): error for k, error in errors.items()}
     if isinstance(model.prior, ExemplarPrior):
         metrics["retrieval_gap"] = retrieval_gap_metrics(model, x, data.train, split,
                                                          batch_size=cfg.train.eval_batch_size,

@@ -131,7 +131,8 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     gap = {"ks": [1, 10], "test": {"10": {"mass": 0.95}}, "train": {"10": {"mass": 0.9}}}
     study = [{"prior": prior, "prior_label": label, "seed": seed, "log_likelihood": ll, "elbo": ll - 4,
               "kl": 20.0, "neg_recon": 80.0 - ll, "active_units": 10 + seed, "epochs": 100, "best_epoch": 60,
-              "train_s_per_epoch": 2.0, "prior_variance": var, **({"retrieval_gap": gap} if var else {})}
+              "train_s_per_epoch": 2.0, "prior_variance": var,
+              "knn_error": {"1": 0.04 + 0.02 * seed, "5": 0.5}, **({"retrieval_gap": gap} if var else {})}
              for prior, label, var, lls in (("exemplar-retrieval", "Exemplar retrieval k=10", 0.5, (-90.0, -92.0)),
                                             ("standard", "Standard Gaussian", None, (-95.0, -95.5)))
              for seed, ll in enumerate(lls)]
@@ -157,7 +158,7 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     # prior study: standard first, mean ± sample std over the seeds, the share k = 10 carries
     assert text.index("| Standard Gaussian | -95.25 ± 0.35 (2) |") < text.index(
         "| Exemplar retrieval k=10 | -91.00 ± 1.41 (2) | -95.00 ± 1.41 (2) |")
-    assert "| 10.5 ± 0.7 (2) | 100 (60), 100 (60) | 0.5 | 95% / 90% |" in text
+    assert "| 10.5 ± 0.7 (2) | 5.0% / 50.0% | 100 (60), 100 (60) | 0.5 | 95% / 90% |" in text
 
 
 def test_bench_ops_runs_one_case_through_pytest_benchmark(tmp_path):
@@ -192,6 +193,7 @@ def test_prior_study_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
         assert r["iw_samples"] == 3 and r["log_likelihood"] < 0 and r["train_s_per_epoch"] > 0
         assert (tmp_path / "runs" / f"{r['prior']}-s{r['seed']}" / "metrics.json").is_file()
     exemplar = doc["results"][1]
+    assert sorted(exemplar["knn_error"], key=int) == ["1", "3", "5", "10"]
     assert exemplar["prior_variance"] > 0 and exemplar["retrieval_gap"]["ks"] == [1, 5, 10, 50]
     assert doc["results"][0]["prior_variance"] is None and "retrieval_gap" not in doc["results"][0]
     printed = capsys.readouterr().out

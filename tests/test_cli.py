@@ -32,6 +32,8 @@ def test_train_writes_the_run_folder(run_dir):
     assert metrics["elbo"] == pytest.approx(-(metrics["kl"] + metrics["neg_recon"]))
     assert metrics["log_likelihood"] >= metrics["elbo"] - 5.0  # IWAE bound is at least as tight (noise aside)
     assert 0 <= metrics["active_units"] <= 40
+    assert sorted(metrics["knn_error"], key=int) == ["1", "3", "5", "10"]  # JSON keys come back sorted
+    assert all(0 <= e < 0.9 for e in metrics["knn_error"].values())  # 10 classes: chance is 0.9
     gap = metrics["retrieval_gap"]  # the demo's prior is an exemplar prior (k = 10)
     assert gap["ks"] == [1, 5, 10, 50]
     for rows in ("test", "train"):
@@ -47,6 +49,7 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "log-likelihood (4 importance samples)" in printed
     assert "carried by the k nearest exemplars (test rows" in printed and "k=10 " in printed
+    assert "kNN classification error of the posterior means: k=1 " in printed
     for kind, extra in [("unconditional", []), ("exemplar", []), ("iterative", ["--from-noise"])]:
         out = tmp_path / f"{kind}.png"
         assert main(["sample", str(run_dir), "--kind", kind, "--n", "3", "--per-row", "4", "--out", str(out),

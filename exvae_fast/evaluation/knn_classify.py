@@ -1,0 +1,83 @@
+"""k-nearest-neighbour classification in the latent space: how well an unsupervised model's
+posterior means separate the classes (the paper's representation-learning evaluation, which
+reports the kNN error for several k).
+
+A query takes the majority label among the k training points whose posterior means
+mu_phi(x) are nearest to its own (Euclidean, `ops.knn_search`: the fused kernel on CUDA);
+a tie between classes goes to the class whose nearest member is nearer. Labels are not used
+for anything else, and nothing is trained.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..models.base import LatentVariableModel
+from ..ops import knn_search
+from ..ops.validation import check_index, check_shape
+from ..priors.base import check_count
+from .mode import check_data, evaluation_mode, iterate_batches, model_device
+
+
+def encode_means(model: LatentVariableModel, data: Tensor, batch_size: int = 500, *,
+                 progress: bool = False) -> Tensor:
+    """Posterior means mu_phi(x) of the rows of data [N, D]: float32 [N, d] on the model's device."""
+    check_data(model, data)
+    check_count(batch_size, "batch_size")
+    with evaluation_mode(model):
+        return torch.cat([model.encode(x)[0].float() for x in iterate_batches(
+            data, batch_size, model_device(model), progress=progress, desc="encode")])
+
+
+def vote(neighbour_labels: Tensor, num_classes: int) -> Tensor:
+    """Majority label of each row of neighbour_labels [B, k] (nearest first): int64 [B]; ties
+    go to the class that appears first (whose nearest member is nearest)."""
+    batch, k = neighbour_labels.shape
+    counts = torch.zeros(batch, num_classes, dtype=torch.int64, device=neighbour_labels.device)
+    counts.scatter_add_(1, neighbour_labels, torch.ones_like(neighbour_labels))
+    first = torch.full_like(counts, k)
+    ranks = torch.arange(k, device=neighbour_labels.device).expand(batch, k)
+    first.scatter_reduce_(1, neighbour_labels, ranks, reduce="amin")
+    return (counts * (k + 1) - first).argmax(dim=1)  # more votes first, then the nearer class
+
+
+def _check_labels(labels: object, name: str, rows: int) -> Tensor:
+    check_index(labels, name)
+    check_shape(labels, name, (rows,))
+    if labels.numel() and int(labels.min()) < 0:
+        raise ValueError(f"{name}: expected class labels >= 0, got {int(labels.min())}")
+    return labels
+
+
+def knn_classification_error(model: LatentVariableModel, train: Tensor, train_labels: Tensor,
+                             test: Tensor, test_labels: Tensor, ks: Sequence[int] = (1, 3, 5, 10), *,
+                             batch_size: int = 500, backend: str = "auto",
+                             progress: bool = True) -> dict[int, float]:
+    """{k: fraction of the test rows [M, D] whose kNN vote over the training rows [N, D] (labels
+    int64 [N] and [M]) is wrong}, in [0, 1]. ks: distinct counts, each at most N."""
+    check_data(model, train, "train")
+    check_data(model, test, "test")
+    _check_labels(train_labels, "train_labels", train.shape[0])
+    _check_labels(test_labels, "test_labels", test.shape[0])
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or len(ks) == 0:
+        raise ValueError(f"ks: expected a non-empty sequence of neighbour counts, got {ks!r}")
+    for k in ks:
+        check_count(k, "ks")
+        if k > train.shape[0]:
+            raise ValueError(f"ks: {k} neighbours asked for, but the training set has {train.shape[0]} rows")
+    keys = encode_means(model, train, batch_size, progress=progress)
+    device = keys.device
+    train_labels = train_labels.to(device)
+    num_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
+    wrong = dict.fromkeys(ks, 0)
+    start = 0
+    for mu in encode_means(model, test, batch_size, progress=progress).split(batch_size):
+        truth = test_labels[start:start + mu.shape[0]].to(device)
+        start += mu.shape[0]
+        _, neighbours = knn_search(mu, keys, max(ks), backend=backend)  # [B, k_max], nearest first
+        labels = train_labels[neighbours]
+        for k in ks:
+            wrong[k] += int((vote(labels[:, :k], num_classes) != truth).sum())
+    return {k: wrong[k] / test.shape[0] for k in ks}

@@ -1,0 +1,83 @@
+"""kNN classification in the latent space against a brute force written here (float64
+distances, a stable sort, a vote counted by hand)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exvae_fast.evaluation import encode_means, knn_classification_error
+from exvae_fast.evaluation.knn_classify import vote
+from exvae_fast.models import VAE
+from exvae_fast.priors import StandardPrior
+
+SHAPE, LATENT = (1, 4, 4), 3
+
+
+def model() -> VAE:
+    torch.manual_seed(0)
+    return VAE(StandardPrior(LATENT), input_shape=SHAPE, latent_dim=LATENT)
+
+
+def brute_force_error(net, train, train_labels, test, test_labels, k):
+    with torch.no_grad():
+        keys, queries = net.encode(train)[0].double(), net.encode(test)[0].double()
+    wrong = 0
+    for q, truth in zip(queries, test_labels):
+        order = torch.sort(((keys - q) ** 2).sum(1), stable=True).indices[:k]
+        votes: dict[int, list[int]] = {}
+        for rank, label in enumerate(train_labels[order].tolist()):
+            votes.setdefault(label, []).append(rank)
+        best = max(votes, key=lambda c: (len(votes[c]), -votes[c][0]))
+        wrong += best != int(truth)
+    return wrong / test.shape[0]
+
+
+def test_vote_counts_and_breaks_ties_by_the_nearer_class():
+    labels = torch.tensor([[2, 1, 1, 2, 0], [3, 0, 0, 3, 3], [4, 4, 0, 0, 1], [1, 1, 1, 1, 1]])
+    assert vote(labels, 5).tolist() == [2, 3, 4, 1]
+    assert vote(labels[:, :1], 5).tolist() == [2, 3, 4, 1]
+    assert vote(torch.tensor([[0, 1]]), 2).tolist() == [0]
+
+
+def test_error_matches_brute_force_for_every_k():
+    net = model()
+    torch.manual_seed(1)
+    train, test = torch.rand(57, 16), torch.rand(23, 16)
+    train_labels, test_labels = torch.randint(0, 4, (57,)), torch.randint(0, 4, (23,))
+    ks = (1, 3, 4, 10, 57)
+    errors = knn_classification_error(net, train, train_labels, test, test_labels, ks, batch_size=8,
+                                      progress=False)
+    assert list(errors) == list(ks)
+    for k in ks:
+        assert errors[k] == pytest.approx(brute_force_error(net, train, train_labels, test, test_labels, k))
+
+
+
+def test_separable_latents_classify_perfectly():
+    net = model()
+    train = torch.rand(40, 16)
+    labels = (net.encode(train)[0][:, 0] > net.encode(train)[0][:, 0].median()).long().detach()
+    errors = knn_classification_error(net, train, labels, train, labels, (1,), progress=False)
+    assert errors[1] == 0.0  # each query finds itself at distance 0
+
+
+def test_encode_means_batches_like_one_call():
+    net = model()
+    x = torch.rand(11, 16)
+    torch.testing.assert_close(encode_means(net, x, batch_size=4), net.encode(x)[0].detach())
+
+
+def test_rejects_bad_arguments():
+    net, x, y = model(), torch.rand(5, 16), torch.zeros(5, dtype=torch.int64)
+    with pytest.raises(ValueError, match="training set has 5 rows"):
+        knn_classification_error(net, x, y, x, y, (6,), progress=False)
+    with pytest.raises(ValueError, match="ks"):
+        knn_classification_error(net, x, y, x, y, (), progress=False)
+    with pytest.raises(TypeError, match="train_labels"):
+        knn_classification_error(net, x, y.int(), x, y, (1,), progress=False)
+    with pytest.raises(ValueError, match="test_labels"):
+        knn_classification_error(net, x, y, x, y[:4], (1,), progress=False)
+    with pytest.raises(ValueError, match="train_labels: expected class labels >= 0"):
+        knn_classification_error(net, x, y - 1, x, y, (1,), progress=False)
+    with pytest.raises(ValueError, match="test"):
+        knn_classification_error(net, x, y, x[:, :8], y, (1,), progress=False)
