@@ -55,24 +55,19 @@ def _exact_sq(z_ptr, mu_ptr, rows, cols, B, hi, D, like):
 
 
 @triton.jit
-def _exact_row_moment(p, z_ptr, mu_ptr, rows, cols, dims, B, hi, D, like):
-    """sum_j p_bj (mu_j - z_b) [BLOCK_B, D_PAD] by direct differences."""
+def _exact_moment(w, z_ptr, mu_ptr, rows, cols, dims, B, hi, D, like, AXIS: tl.constexpr):
+    """Moments by direct differences of the raw rows, for weights w [BLOCK_B, BLOCK_N]:
+    AXIS = 1: sum_j w_bj (mu_j - z_b) [BLOCK_B, D_PAD] (the rows' moments, forward);
+    AXIS = 0: sum_b w_bj (z_b - mu_j) [BLOCK_N, D_PAD] (the components', means backward)."""
     out = tl.zeros_like(like)
     for k in range(0, D):
-        zk = _raw_column(z_ptr, rows, B, D, k)
-        diff = _raw_column(mu_ptr, cols, hi, D, k)[None, :] - zk[:, None]
-        out += tl.where(dims[None, :] == k, tl.sum(p * diff, 1)[:, None], 0.0)
-    return out
-
-
-@triton.jit
-def _exact_col_moment(w, z_ptr, mu_ptr, rows, cols, dims, B, N, D, like):
-    """sum_b w_bj (z_b - mu_j) [BLOCK_N, D_PAD] by direct differences."""
-    out = tl.zeros_like(like)
-    for k in range(0, D):
-        zk = _raw_column(z_ptr, rows, B, D, k)
-        diff = zk[:, None] - _raw_column(mu_ptr, cols, N, D, k)[None, :]
-        out += tl.where(dims[None, :] == k, tl.sum(w * diff, 0)[:, None], 0.0)
+        zk = _raw_column(z_ptr, rows, B, D, k)[:, None]
+        muk = _raw_column(mu_ptr, cols, hi, D, k)[None, :]
+        if AXIS == 1:
+            diff = muk - zk
+        else:
+            diff = zk - muk
+        out += tl.where(dims[None, :] == k, tl.sum(w * diff, AXIS)[:, None], 0.0)
     return out
 
 
@@ -179,7 +174,7 @@ def mixture_forward_partial_kernel(
         s = s * alpha + tl.sum(p, 1)
         q = q * alpha + tl.sum(p * sq, 1)
         if refined:
-            moment = _exact_row_moment(p, z_ptr, mu_ptr, rows, cols, dims, B, hi, D, acc)
+            moment = _exact_moment(p, z_ptr, mu_ptr, rows, cols, dims, B, hi, D, acc, 1)
         else:  # no near neighbour here: the difference of centred sums loses a few bits only
             moment = tl.dot(p, mu, input_precision=PRECISION) - tl.sum(p, 1)[:, None] * z
         acc = acc * alpha[:, None] + moment
@@ -307,7 +302,7 @@ def mixture_backward_means_kernel(
         w = g[:, None] * p
         if NEED_MEANS:
             if refined:
-                acc += _exact_col_moment(w, z_ptr, mu_ptr, rows, cols, dims, B, N, D, acc)
+                acc += _exact_moment(w, z_ptr, mu_ptr, rows, cols, dims, B, N, D, acc, 0)
             else:
                 moment = tl.dot(tl.trans(w), z, input_precision=PRECISION)
                 acc += moment - tl.sum(w, 0)[:, None] * mu
