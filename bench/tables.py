@@ -203,7 +203,7 @@ def skipped_list(doc: dict[str, Any], limit: int = 40) -> str:
 PRIOR_STUDY_ORDER = ("standard", "vamp500", "exemplar-exact", "exemplar-retrieval")
 
 
-def _mean_spread(values: list[float], digits: int = 2) -> str:
+def _mean_spread(values: Sequence[float], digits: int = 2) -> str:
     """'mean' for one value, 'mean ± sample std (n)' for several."""
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -260,3 +260,35 @@ def prior_study_caption(doc: dict[str, Any]) -> str:
             f"exemplar prior carried by the 10 exemplars nearest to the posterior mean "
             f"(exp(-retrieval gap), `exvae_fast.evaluation.retrieval_gap`). A miniature of the paper's "
             f"comparison, not its setting: compare the rows with each other, not with the paper's tables.")
+
+
+def augment_study_table(doc: dict[str, Any]) -> str:
+    """Test error per condition of an "augment_study" document (mean ± std over seeds)."""
+    header = ["training data", "test error (%)", "validation error (%)", "best epoch per seed"]
+    by_condition: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["results"]:
+        by_condition.setdefault(r["condition"], []).append(r)
+    runs = doc["settings"].get("runs", {})
+    rows = []
+    for condition, records in by_condition.items():
+        about = runs.get(condition)
+        label = "real digits only" if about is None else (
+            f"real + samples of `{condition}` ({about['prior']}"
+            + (f" {about['prior_mode']}" if about["prior"] == "exemplar" else "") + " prior)")
+        rows.append([label, _mean_spread([100 * r["test_error"] for r in records]),
+                     _mean_spread([100 * r["val_error"] for r in records]),
+                     ", ".join(str(r["best_epoch"]) for r in records)])
+    return markdown_table(header, rows)
+
+
+def augment_study_caption(doc: dict[str, Any]) -> str:
+    """One paragraph saying how the classifiers were trained and evaluated."""
+    s, dev = doc["settings"], doc["device"]
+    return (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}, commit "
+            f"{str((dev.get('git') or {}).get('commit'))[:10]}, measured {doc['created']}. {s.get('classifier')}, "
+            f"lr {s.get('lr')}, batch {s.get('batch_size')}, {s.get('epochs')} epochs on the "
+            f"`{s.get('dataset')}` training digits; augmented conditions draw {s.get('per_example')} samples "
+            f"per digit once and replace each digit of a minibatch by one of them with probability "
+            f"{s.get('replace_prob')}. Test error at the epoch of the lowest validation error; seeds "
+            f"{s.get('seeds')} (mean ± sample std). A CPU-sized miniature of the paper's augmentation "
+            f"experiment, not its setting.")

@@ -1,4 +1,4 @@
-"""`exvae bench epoch | ops | priors | plot [ARGS...]`: the benchmarks of the source checkout's bench/.
+"""`exvae bench epoch | ops | priors | augment | plot [ARGS...]`: the benchmarks of the source checkout's bench/.
 
 The benchmark scripts live in the repository's bench/ folder (pytest-benchmark files are
 not part of the installed package), so this command needs a source checkout, installed
@@ -8,6 +8,7 @@ in editable mode (`pip install -e .`, as the Makefile does) or run from it with
     exvae bench epoch --quick            -> python bench/epoch_time.py --quick
     exvae bench ops --quick              -> python bench/run_ops.py --quick
     exvae bench priors                   -> python bench/prior_study.py
+    exvae bench augment                  -> python bench/augment_study.py
     exvae bench plot --markdown          -> python bench/plot.py --markdown
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-TARGETS = {"epoch": "epoch_time", "ops": "run_ops", "priors": "prior_study", "plot": "plot"}
+TARGETS = {"epoch": "epoch_time", "ops": "run_ops", "priors": "prior_study", "augment": "augment_study",
+           "plot": "plot"}
 
 
 def bench_dir() -> Path:
@@ -46,7 +48,7 @@ def load_script(name: str) -> ModuleType:
 
 
 def run(target: str, args: list[str]) -> int:
-    """Run bench target ("epoch", "ops", "priors" or "plot") with its command-line `args`."""
+    """Run bench target ("epoch", "ops", "priors", "augment" or "plot") with its command-line `args`."""
     if target not in TARGETS:
         raise ValueError(f"bench target: expected one of {', '.join(TARGETS)}, got {target!r}")
     return int(load_script(TARGETS[target]).main(list(args)) or 0)

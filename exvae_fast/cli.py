@@ -67,7 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
     be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks), priors (test log-likelihood "
-                    "of each prior on the embedded digits) or plot (PNGs and README tables)")
+                    "of each prior on the embedded digits), augment (classifier error with generated "
+                    "samples) or plot (PNGs and README tables)")
     be.add_argument("args", nargs=argparse.REMAINDER, help="passed to the target; `exvae bench TARGET --help`")
     return parser
 

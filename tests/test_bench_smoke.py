@@ -138,12 +138,17 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
              for seed, ll in enumerate(lls)]
     study_doc = common.result_document("prior_study", device, {"seeds": [0, 1], "iw_samples": 1000}, study)
     study_path = common.write_json(study_doc, tmp_path / "docs" / "study.json")
+    augment = [{"condition": c, "seed": seed, "test_error": e + 0.01 * seed, "val_error": e, "best_epoch": 10 + seed}
+               for seed in (0, 1) for c, e in (("real", 0.05), ("exemplar", 0.04))]
+    about = {"exemplar": {"prior": "exemplar", "prior_mode": "retrieval"}}
+    augment_doc = common.result_document("augment_study", device, {"runs": about, "seeds": [0, 1]}, augment)
+    augment_path = common.write_json(augment_doc, tmp_path / "docs" / "augment.json")
     readme = tmp_path / "README.md"
     plot = load_script("plot")
     readme.write_text(f"# intro\n\n{plot.README_BEGIN}\nold table\n{plot.README_END}\n\n## after\n")
 
     status = cli.main(["bench", "plot", "--files", str(ops_path), str(epoch_path), str(study_path),
-                       "--out-dir", str(tmp_path / "png"), "--markdown", str(readme)])
+                       str(augment_path), "--out-dir", str(tmp_path / "png"), "--markdown", str(readme)])
     assert status == 0
     pngs = sorted(p.name for p in (tmp_path / "png" / device["slug"]).iterdir())
     assert pngs == ["epoch_time.png", "ops_mixture_log_density.png"]
@@ -158,6 +163,8 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     # prior study: standard first, mean ± sample std over the seeds, the share k = 10 carries
     assert text.index("| Standard Gaussian | -95.25 ± 0.35 (2) |") < text.index(
         "| Exemplar retrieval k=10 | -91.00 ± 1.41 (2) | -95.00 ± 1.41 (2) |")
+    assert "| real digits only | 5.50 ± 0.71 (2) | 5.00 ± 0.00 (2) | 10, 11 |" in text
+    assert "| real + samples of `exemplar` (exemplar retrieval prior) | 4.50 ± 0.71 (2) |" in text
     assert "| 10.5 ± 0.7 (2) | 5.0% / 50.0% | 100 (60), 100 (60) | 0.5 | 95% / 90% |" in text
 
 
@@ -177,7 +184,7 @@ def test_bench_ops_runs_one_case_through_pytest_benchmark(tmp_path):
     assert all("above the largest N" in s["reason"] for s in doc["skipped"])
 
 
-def test_prior_study_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
+def test_prior_and_augment_studies_train_evaluate_resume_and_tabulate(tmp_path, capsys):
     out = tmp_path / "study.json"
     argv = ["bench", "priors", "--priors", "standard,exemplar-retrieval", "--seeds", "0", "1",
             "--epochs", "1", "--warmup-epochs", "1", "--steps-per-epoch", "2", "--iw-samples", "3",
@@ -205,3 +212,23 @@ def test_prior_study_trains_evaluates_resumes_and_tabulates(tmp_path, capsys):
     assert [r["resumed"] for r in again["results"]] == [True, True]
     assert [r["epochs"] for r in again["results"]] == [1, 1]
     assert cli.main(["bench", "priors", "--priors", "nonsense", "--no-write"]) == 2
+
+    # The augmentation study classifies with samples of those runs.
+    runs, aug = tmp_path / "runs", tmp_path / "augment.json"
+    argv = ["bench", "augment", "--run", f"exemplar={runs / 'exemplar-retrieval-s0'}", "--run",
+            f"gauss={runs / 'standard-s0'}", "--seeds", "0", "--epochs", "2", "--hidden", "16",
+            "--per-example", "2", "--threads", "1"]
+    assert cli.main([*argv, "--out", str(aug)]) == 0
+    doc = json.loads(aug.read_text())
+    assert doc["kind"] == "augment_study" and doc["settings"]["runs"]["exemplar"]["prior"] == "exemplar"
+    assert [r["condition"] for r in doc["results"]] == ["real", "exemplar", "gauss"]
+    for r in doc["results"]:
+        assert 1 <= r["best_epoch"] <= 2 and len(r["val_curve"]) == 2
+        assert 0 <= r["test_error"] <= 1 and r["val_error"] == min(r["val_curve"])
+    printed = capsys.readouterr().out
+    assert "| real digits only |" in printed
+    assert "| real + samples of `exemplar` (exemplar retrieval prior) |" in printed
+    assert "| real + samples of `gauss` (standard prior) |" in printed
+    assert cli.main([*argv[:2], "--run", f"real={runs / 'standard-s0'}", "--no-write"]) == 2
+    assert cli.main([*argv[:2], "--run", f"x={tmp_path / 'missing'}", "--no-write"]) == 2
+    assert cli.main([*argv, "--replace-prob", "2", "--no-write"]) == 2
