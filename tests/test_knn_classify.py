@@ -39,14 +39,17 @@ def test_vote_counts_and_breaks_ties_by_the_nearer_class():
     assert vote(torch.tensor([[0, 1]]), 2).tolist() == [0]
 
 
-def test_error_matches_brute_force_for_every_k():
+@pytest.mark.parametrize("backend", ["torch", "triton"])  # triton: the interpreter without a GPU
+def test_error_matches_brute_force_for_every_k(backend):
+    if backend == "triton":
+        pytest.importorskip("triton")
     net = model()
     torch.manual_seed(1)
     train, test = torch.rand(57, 16), torch.rand(23, 16)
     train_labels, test_labels = torch.randint(0, 4, (57,)), torch.randint(0, 4, (23,))
-    ks = (1, 3, 4, 10, 57)
+    ks = (1, 3, 4, 10) if backend == "triton" else (1, 3, 4, 10, 57)  # k = 57 = N: slow to interpret
     errors = knn_classification_error(net, train, train_labels, test, test_labels, ks, batch_size=8,
-                                      progress=False)
+                                      backend=backend, progress=False)
     assert list(errors) == list(ks)
     for k in ks:
         assert errors[k] == pytest.approx(brute_force_error(net, train, train_labels, test, test_labels, k))
@@ -81,3 +84,16 @@ def test_rejects_bad_arguments():
         knn_classification_error(net, x, y - 1, x, y, (1,), progress=False)
     with pytest.raises(ValueError, match="test"):
         knn_classification_error(net, x, y, x[:, :8], y, (1,), progress=False)
+
+
+@pytest.mark.gpu
+def test_cuda_errors_equal_the_cpu_errors():
+    """On CUDA the vote uses the fused kNN search: the same neighbours, so the same errors."""
+    net = model()
+    torch.manual_seed(2)
+    train, test = torch.rand(300, 16), torch.rand(70, 16)
+    train_labels, test_labels = torch.randint(0, 5, (300,)), torch.randint(0, 5, (70,))
+    ks = (1, 3, 10)
+    on_cpu = knn_classification_error(net, train, train_labels, test, test_labels, ks, progress=False)
+    on_cuda = knn_classification_error(net.cuda(), train, train_labels, test, test_labels, ks, progress=False)
+    assert on_cuda == on_cpu
