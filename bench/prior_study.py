@@ -93,6 +93,7 @@ def train_and_evaluate(prior: str, seed: int, args: argparse.Namespace) -> dict[
             "resumed": resume, "epochs": summary.epochs_completed, "best_epoch": summary.best_epoch,
             "stopped_early": summary.stopped_early, "best_val_elbo": summary.best_val_elbo,
             "train_s_per_epoch": statistics.median(r["train_seconds"] for r in epochs),
+            "val_elbo_curve": [r["val_elbo"] for r in epochs],
             "prior_variance": (None if "prior_log_var" not in epochs[-1]
                                else float(torch.tensor(epochs[-1]["prior_log_var"]).exp())),
             **{key: metrics[key] for key in keep if key in metrics}}

@@ -132,13 +132,14 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     study = [{"prior": prior, "prior_label": label, "seed": seed, "log_likelihood": ll, "elbo": ll - 4,
               "kl": 20.0, "neg_recon": 80.0 - ll, "active_units": 10 + seed, "epochs": 100, "best_epoch": 60,
               "train_s_per_epoch": 2.0, "prior_variance": var,
-              "knn_error": {"1": 0.04 + 0.02 * seed, "5": 0.5}, **({"retrieval_gap": gap} if var else {})}
+              "knn_error": {"1": 0.04 + 0.02 * seed, "5": 0.5}, "val_elbo_curve": [-200.0, -120.0, ll - 3], **({"retrieval_gap": gap} if var else {})}
              for prior, label, var, lls in (("exemplar-retrieval", "Exemplar retrieval k=10", 0.5, (-90.0, -92.0)),
                                             ("standard", "Standard Gaussian", None, (-95.0, -95.5)))
              for seed, ll in enumerate(lls)]
     study_doc = common.result_document("prior_study", device, {"seeds": [0, 1], "iw_samples": 1000}, study)
     study_path = common.write_json(study_doc, tmp_path / "docs" / "study.json")
-    augment = [{"condition": c, "seed": seed, "test_error": e + 0.01 * seed, "val_error": e, "best_epoch": 10 + seed}
+    augment = [{"condition": c, "seed": seed, "test_error": e + 0.01 * seed, "val_error": e, "best_epoch": 10 + seed,
+                "val_curve": [0.2, e, e + 0.01]}
                for seed in (0, 1) for c, e in (("real", 0.05), ("exemplar", 0.04))]
     about = {"exemplar": {"prior": "exemplar", "prior_mode": "retrieval"}}
     augment_doc = common.result_document("augment_study", device, {"runs": about, "seeds": [0, 1]}, augment)
@@ -151,7 +152,7 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
                        str(augment_path), "--out-dir", str(tmp_path / "png"), "--markdown", str(readme)])
     assert status == 0
     pngs = sorted(p.name for p in (tmp_path / "png" / device["slug"]).iterdir())
-    assert pngs == ["epoch_time.png", "ops_mixture_log_density.png"]
+    assert pngs == ["augment_study.png", "epoch_time.png", "ops_mixture_log_density.png", "prior_study.png"]
     for name in pngs:
         assert (tmp_path / "png" / device["slug"] / name).read_bytes()[:4] == b"\x89PNG"
     text = readme.read_text()
@@ -163,6 +164,7 @@ def test_plot_draws_pngs_and_rewrites_only_the_readme_section(common, tmp_path):
     # prior study: standard first, mean ± sample std over the seeds, the share k = 10 carries
     assert text.index("| Standard Gaussian | -95.25 ± 0.35 (2) |") < text.index(
         "| Exemplar retrieval k=10 | -91.00 ± 1.41 (2) | -95.00 ± 1.41 (2) |")
+    assert "![prior_study](png/" in text and "![augment_study](png/" in text
     assert "| real digits only | 5.50 ± 0.71 (2) | 5.00 ± 0.00 (2) | 10, 11 |" in text
     assert "| real + samples of `exemplar` (exemplar retrieval prior) | 4.50 ± 0.71 (2) |" in text
     assert "| 10.5 ± 0.7 (2) | 5.0% / 50.0% | 100 (60), 100 (60) | 0.5 | 95% / 90% |" in text
@@ -196,7 +198,7 @@ def test_prior_and_augment_studies_train_evaluate_resume_and_tabulate(tmp_path, 
     assert [(r["prior"], r["seed"]) for r in doc["results"]] == [
         ("standard", 0), ("exemplar-retrieval", 0), ("standard", 1), ("exemplar-retrieval", 1)]
     for r in doc["results"]:
-        assert r["epochs"] == 1 and r["best_epoch"] == 1 and not r["resumed"]
+        assert r["epochs"] == 1 and r["best_epoch"] == 1 and not r["resumed"] and len(r["val_elbo_curve"]) == 1
         assert r["iw_samples"] == 3 and r["log_likelihood"] < 0 and r["train_s_per_epoch"] > 0
         assert (tmp_path / "runs" / f"{r['prior']}-s{r['seed']}" / "metrics.json").is_file()
     exemplar = doc["results"][1]
