@@ -119,6 +119,15 @@ def _device_title(doc: dict[str, Any]) -> str:
     return f"{dev['name']}" + (" (CPU)" if dev.get("type") == "cpu" else "") + f", {doc['created'][:10]}"
 
 
+def _save(plt, fig, path: Path) -> Path:
+    """Lay out, write fig to path as PNG (creating its folder) and close it."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_epoch(doc: dict[str, Any], path: Path) -> Path:
     """Grouped bars of median s/epoch (log scale), one panel per data set."""
     plt = _pyplot()
@@ -151,11 +160,7 @@ def plot_epoch(doc: dict[str, Any], path: Path) -> Path:
     fig.suptitle(f"Training time per epoch: {_device_title(doc)}"
                  + (" (extrapolated from timed steps)" if extrapolated else ""), fontsize=10)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_op(doc: dict[str, Any], op: str, path: Path) -> Path:
@@ -188,11 +193,7 @@ def plot_op(doc: dict[str, Any], op: str, path: Path) -> Path:
     for ax in flat[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{op}: {_device_title(doc)}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_curves(doc: dict[str, Any], spec: "CurveSpec", path: Path) -> Path:
@@ -216,11 +217,7 @@ def plot_curves(doc: dict[str, Any], spec: "CurveSpec", path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"{spec.title}: {_device_title(doc)}", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def draw(latest: dict[str, dict[str, tuple[Path, dict]]], out_dir: Path | None) -> dict[str, dict[str, Path]]:
