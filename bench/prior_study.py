@@ -4,7 +4,7 @@ sized for a CPU, so that anyone can check on their own machine that the exemplar
 what the paper says. Not the paper's setting (4,000 training digits, not 50,000): its
 numbers are comparable with each other, not with the paper's tables.
 
-    python bench/prior_study.py                          # 4 priors x 1 seed (CPU: about an hour)
+    python bench/prior_study.py                          # 4 priors x 1 seed (1-2 h on one CPU thread)
     python bench/prior_study.py --seeds 0 1 2 --priors standard,exemplar-retrieval
     python bench/prior_study.py --epochs 2 --iw-samples 10 --runs-dir /tmp/s --no-write  # smoke
 
