@@ -1,4 +1,4 @@
-"""`exvae` command line: train | evaluate | sample | augment | bench.
+"""`exvae` command line: train | evaluate | sample | augment | retrieve | bench.
 
 Errors in the user's input are printed as one line (no traceback) and exit with 2;
 a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
@@ -18,7 +18,7 @@ SAMPLE_KINDS = ("unconditional", "exemplar", "iterative")
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: train, evaluate, sample, augment.")
+    parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: train, evaluate, sample, augment, retrieve.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     tr = sub.add_parser("train", help="train a model (then evaluate it and draw pictures); "
@@ -64,6 +64,17 @@ def _build_parser() -> argparse.ArgumentParser:
     au.add_argument("--checkpoint", default="best")
     au.add_argument("--device")
     au.add_argument("--seed", type=int, default=0)
+
+    re_ = sub.add_parser("retrieve", help="draw images next to their nearest training images in the latent space")
+    re_.add_argument("run_dir", type=Path)
+    re_.add_argument("--split", default="test", help="where the query images come from: test, val or train "
+                     "(a training image never retrieves itself)")
+    re_.add_argument("--n", type=int, default=10, help="query images (rows), drawn at random")
+    re_.add_argument("--k", type=int, default=10, help="neighbours per query")
+    re_.add_argument("--out", type=Path, required=True, help="output PNG: each row a query and its k neighbours")
+    re_.add_argument("--checkpoint", default="best")
+    re_.add_argument("--device")
+    re_.add_argument("--seed", type=int, default=0)
 
     be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
     be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks), priors (test log-likelihood "
@@ -181,6 +192,31 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_retrieve(args: argparse.Namespace) -> int:
+    from .evaluation import encode_means, nearest_neighbours
+    from .plots import save_image_grid
+    from .report import load_trained
+
+    splits = ("test", "val", "train")
+    if args.split not in splits:
+        raise ValueError(f"--split: expected one of {splits}, got {args.split!r}")
+    if args.n < 1 or args.k < 1:
+        raise ValueError("--n and --k: expected positive integers")
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    pool = getattr(data, args.split)
+    torch.manual_seed(args.seed)
+    picks = torch.randperm(pool.shape[0])[: args.n]
+    exclude = picks if args.split == "train" else None
+    keys = encode_means(model, data.train, cfg.train.eval_batch_size)
+    sq_dists, indices = nearest_neighbours(model, pool[picks], keys, args.k, exclude=exclude,
+                                           batch_size=cfg.train.eval_batch_size)
+    images = torch.cat([pool[picks].unsqueeze(1), data.train[indices.cpu()]], dim=1)  # query first
+    save_image_grid(images.cpu(), model.input_shape, args.out)
+    print(f"wrote {args.out}: {picks.numel()} {args.split} images, each followed by its {args.k} nearest "
+          f"training images (mean squared latent distance {float(sq_dists.mean()):.3g})")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench_cli import run
 
@@ -188,7 +224,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "augment": _cmd_augment,
-            "bench": _cmd_bench}
+            "retrieve": _cmd_retrieve, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

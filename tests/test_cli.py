@@ -55,6 +55,14 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
         assert main(["sample", str(run_dir), "--kind", kind, "--n", "3", "--per-row", "4", "--out", str(out),
                      *extra]) == 0
         assert out.is_file()
+    for split in ("train", "test"):
+        out = tmp_path / f"retrieved-{split}.png"
+        assert main(["retrieve", str(run_dir), "--split", split, "--n", "3", "--k", "4", "--out", str(out)]) == 0
+        with Image.open(out) as img:  # 3 rows of a query and 4 neighbours, 56-pixel cells, 1-pixel lines
+            assert img.size == (5 * 56 + 4, 3 * 56 + 2)
+    assert "each followed by its 4 nearest training images" in capsys.readouterr().out
+    assert main(["retrieve", str(run_dir), "--split", "nope", "--out", str(tmp_path / "x.png")]) == 2
+    assert main(["retrieve", str(run_dir), "--k", "4001", "--out", str(tmp_path / "x.png")]) == 2
     npz = tmp_path / "aug.npz"
     assert main(["augment", str(run_dir), "--per-example", "2", "--out", str(npz)]) == 0
     with np.load(npz) as f:

@@ -1,11 +1,11 @@
-"""kNN classification in the latent space against a brute force written here (float64
-distances, a stable sort, a vote counted by hand)."""
+"""Retrieval and kNN classification in the latent space against brute forces written here
+(float64 distances, a stable sort, a vote counted by hand)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from exvae_fast.evaluation import encode_means, knn_classification_error
+from exvae_fast.evaluation import encode_means, knn_classification_error, nearest_neighbours
 from exvae_fast.evaluation.knn_classify import vote
 from exvae_fast.models import VAE
 from exvae_fast.priors import StandardPrior
@@ -68,6 +68,30 @@ def test_encode_means_batches_like_one_call():
     net = model()
     x = torch.rand(11, 16)
     torch.testing.assert_close(encode_means(net, x, batch_size=4), net.encode(x)[0].detach())
+
+
+@pytest.mark.parametrize("with_exclude", [False, True])
+def test_nearest_neighbours_match_brute_force(with_exclude):
+    net = model()
+    torch.manual_seed(4)
+    train = torch.rand(40, 16)
+    queries = train[[3, 17, 39, 0, 22]] if with_exclude else torch.rand(5, 16)
+    exclude = torch.tensor([3, 17, 39, -1, 22]) if with_exclude else None
+    keys = encode_means(net, train)
+    sq, idx = nearest_neighbours(net, queries, keys, 6, exclude=exclude, batch_size=2)
+    assert sq.shape == idx.shape == (5, 6) and idx.dtype == torch.int64
+    with torch.no_grad():
+        q = net.encode(queries)[0].double()
+    for b in range(5):
+        dist = ((keys.double() - q[b]) ** 2).sum(1)
+        if with_exclude and exclude[b] >= 0:
+            dist[exclude[b]] = float("inf")
+        expected = torch.sort(dist, stable=True).indices[:6]
+        assert idx[b].tolist() == expected.tolist()
+        torch.testing.assert_close(sq[b].double(), dist[expected], rtol=1e-5, atol=1e-6)
+    if with_exclude:
+        assert idx[3, 0] == 0  # the row without an exclusion finds itself first
+        assert all(int(exclude[b]) not in idx[b].tolist() for b in (0, 1, 2, 4))
 
 
 def test_rejects_bad_arguments():

@@ -15,20 +15,10 @@ import torch
 from torch import Tensor
 
 from ..models.base import LatentVariableModel
-from ..ops import knn_search
 from ..ops.validation import check_index, check_shape
 from ..priors.base import check_count
-from .mode import check_data, evaluation_mode, iterate_batches, model_device
-
-
-def encode_means(model: LatentVariableModel, data: Tensor, batch_size: int = 500, *,
-                 progress: bool = False) -> Tensor:
-    """Posterior means mu_phi(x) of the rows of data [N, D]: float32 [N, d] on the model's device."""
-    check_data(model, data)
-    check_count(batch_size, "batch_size")
-    with evaluation_mode(model):
-        return torch.cat([model.encode(x)[0].float() for x in iterate_batches(
-            data, batch_size, model_device(model), progress=progress, desc="encode")])
+from .mode import check_data
+from .neighbours import encode_means, nearest_neighbours
 
 
 def vote(neighbour_labels: Tensor, num_classes: int) -> Tensor:
@@ -68,16 +58,9 @@ def knn_classification_error(model: LatentVariableModel, train: Tensor, train_la
         if k > train.shape[0]:
             raise ValueError(f"ks: {k} neighbours asked for, but the training set has {train.shape[0]} rows")
     keys = encode_means(model, train, batch_size, progress=progress)
-    device = keys.device
-    train_labels = train_labels.to(device)
+    _, neighbours = nearest_neighbours(model, test, keys, max(ks), batch_size=batch_size, backend=backend,
+                                       progress=progress)  # [M, k_max], nearest first
+    labels = train_labels.to(keys.device)[neighbours]
+    truth = test_labels.to(keys.device)
     num_classes = int(max(int(train_labels.max()), int(test_labels.max()))) + 1
-    wrong = dict.fromkeys(ks, 0)
-    start = 0
-    for mu in encode_means(model, test, batch_size, progress=progress).split(batch_size):
-        truth = test_labels[start:start + mu.shape[0]].to(device)
-        start += mu.shape[0]
-        _, neighbours = knn_search(mu, keys, max(ks), backend=backend)  # [B, k_max], nearest first
-        labels = train_labels[neighbours]
-        for k in ks:
-            wrong[k] += int((vote(labels[:, :k], num_classes) != truth).sum())
-    return {k: wrong[k] / test.shape[0] for k in ks}
+    return {k: int((vote(labels[:, :k], num_classes) != truth).sum()) / test.shape[0] for k in ks}

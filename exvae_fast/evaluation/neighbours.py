@@ -1,0 +1,38 @@
+"""Retrieval in a trained model's latent space: the training images whose posterior means
+are nearest to a query's (the paper's link between generative models and nearest-neighbour
+retrieval). The search is `ops.knn_search`: the fused Triton kernel on CUDA."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..models.base import LatentVariableModel
+from ..ops import knn_search
+from ..priors.base import check_count
+from .mode import check_data, evaluation_mode, iterate_batches, model_device
+
+
+def encode_means(model: LatentVariableModel, data: Tensor, batch_size: int = 500, *,
+                 progress: bool = False) -> Tensor:
+    """Posterior means mu_phi(x) of the rows of data [N, D]: float32 [N, d] on the model's device."""
+    check_data(model, data)
+    check_count(batch_size, "batch_size")
+    with evaluation_mode(model):
+        return torch.cat([model.encode(x)[0].float() for x in iterate_batches(
+            data, batch_size, model_device(model), progress=progress, desc="encode")])
+
+
+def nearest_neighbours(model: LatentVariableModel, queries: Tensor, key_means: Tensor, k: int, *,
+                       exclude: Tensor | None = None, batch_size: int = 500, backend: str = "auto",
+                       progress: bool = False) -> tuple[Tensor, Tensor]:
+    """The k rows of key_means [N, d] (e.g. `encode_means(model, train)`) nearest to each query's
+    posterior mean, queries [Q, D] images: (squared distances float32 [Q, k], indices int64
+    [Q, k]), nearest first, on the model's device. exclude: int64 [Q], a key each query skips
+    (its own index when the queries are training images), -1 for none."""
+    means = encode_means(model, queries, batch_size, progress=progress)
+    parts = []
+    for start in range(0, means.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        skip = None if exclude is None else exclude[rows].to(means.device)
+        parts.append(knn_search(means[rows], key_means, k, exclude=skip, backend=backend))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
