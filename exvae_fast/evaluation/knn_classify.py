@@ -33,12 +33,11 @@ def vote(neighbour_labels: Tensor, num_classes: int) -> Tensor:
     return (counts * (k + 1) - first).argmax(dim=1)  # more votes first, then the nearer class
 
 
-def _check_labels(labels: object, name: str, rows: int) -> Tensor:
+def _check_labels(labels: object, name: str, rows: int) -> None:
     check_index(labels, name)
     check_shape(labels, name, (rows,))
     if labels.numel() and int(labels.min()) < 0:
         raise ValueError(f"{name}: expected class labels >= 0, got {int(labels.min())}")
-    return labels
 
 
 def knn_classification_error(model: LatentVariableModel, train: Tensor, train_labels: Tensor,
@@ -46,7 +45,7 @@ def knn_classification_error(model: LatentVariableModel, train: Tensor, train_la
                              batch_size: int = 500, backend: str = "auto",
                              progress: bool = True) -> dict[int, float]:
     """{k: fraction of the test rows [M, D] whose kNN vote over the training rows [N, D] (labels
-    int64 [N] and [M]) is wrong}, in [0, 1]. ks: distinct counts, each at most N."""
+    int64 [N] and [M]) is wrong}, in [0, 1]. ks: neighbour counts, each at most N."""
     check_data(model, train, "train")
     check_data(model, test, "test")
     _check_labels(train_labels, "train_labels", train.shape[0])
