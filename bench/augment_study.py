@@ -7,14 +7,17 @@ A miniature sized for a CPU (4,000 training digits), run against the prior study
     python bench/augment_study.py --run exemplar=runs/prior-study/exemplar-retrieval-s0 --seeds 0 1
 
 Conditions: `real` (the training digits only) and, for each trained run given by --run
-LABEL=PATH, `LABEL`: each training digit has `--per-example` samples x ~ p(x | z),
-z ~ N(mu_phi(x_n), sigma^2 I) (`generation.augment_dataset`; the posterior q(z | x_n) for
-non-exemplar priors), drawn once, labelled like their exemplar; in every minibatch each digit
-is replaced by one of its samples with probability `--replace-prob`. The classifier is an
+LABEL=PATH, `LABEL`: each training digit has `--per-example` generated images, the
+decoder's means at z ~ N(mu_phi(x_n), sigma^2 I) (`generation.augment_dataset`; the posterior
+q(z | x_n) for non-exemplar priors), drawn once, labelled like their exemplar; in every
+minibatch each digit is replaced by one of its images with probability `--replace-prob`. The classifier is an
 MLP (784-H-H-10, ReLU) trained with Adam and cross-entropy for a fixed number of epochs;
 the test error is read at the epoch of the lowest validation error (500 validation digits),
 so no condition sees the test digits before its report. Same seeds, steps and architecture
-for every condition.
+for every condition. On the binarised digit sets every image the classifier sees is binary,
+like the test digits (binarised once by the data set): real digits are binarised in every
+minibatch as the VAE's own training does, and a generated digit becomes a draw of p(x | z),
+Bernoulli with the decoder's means.
 """
 from __future__ import annotations
 
@@ -111,6 +114,8 @@ def train_classifier(data, pool: Tensor | None, seed: int, args: argparse.Namesp
                 replace = torch.rand(rows.shape[0]) < args.replace_prob
                 picks = pool[rows, torch.randint(pool.shape[1], (rows.shape[0],))]
                 batch = torch.where(replace[:, None], picks, batch)
+            if data.dynamic_binarization:  # binary like the test digits; a sample is then a draw of p(x | z)
+                batch = torch.bernoulli(batch)
             optimizer.zero_grad()
             loss_fn(net(batch), y[rows]).backward()
             optimizer.step()

@@ -289,6 +289,7 @@ def augment_study_caption(doc: dict[str, Any]) -> str:
             f"lr {s.get('lr')}, batch {s.get('batch_size')}, {s.get('epochs')} epochs on the "
             f"`{s.get('dataset')}` training digits; augmented conditions draw {s.get('per_example')} samples "
             f"per digit once and replace each digit of a minibatch by one of them with probability "
-            f"{s.get('replace_prob')}. Test error at the epoch of the lowest validation error; seeds "
+            f"{s.get('replace_prob')}; every digit binarised as the test digits are. Test error at the "
+            f"epoch of the lowest validation error; seeds "
             f"{s.get('seeds')} (mean ± sample std). A CPU-sized miniature of the paper's augmentation "
             f"experiment, not its setting.")
