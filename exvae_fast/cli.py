@@ -72,6 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--n", type=int, default=10, help="query images (rows), drawn at random")
     re_.add_argument("--k", type=int, default=10, help="neighbours per query")
     re_.add_argument("--out", type=Path, required=True, help="output PNG: each row a query and its k neighbours")
+    re_.add_argument("--json", type=Path, help="also write the query indices, neighbour indices (into the "
+                     "training split) and squared latent distances to this JSON file")
     re_.add_argument("--checkpoint", default="best")
     re_.add_argument("--device")
     re_.add_argument("--seed", type=int, default=0)
@@ -212,6 +214,12 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
                                            batch_size=cfg.train.eval_batch_size)
     images = torch.cat([pool[picks].unsqueeze(1), data.train[indices.cpu()]], dim=1)  # query first
     save_image_grid(images.cpu(), model.input_shape, args.out)
+    if args.json is not None:
+        from .train.run_files import write_json
+
+        write_json(args.json, {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "split": args.split,
+                               "queries": picks.tolist(), "neighbours": indices.cpu().tolist(),
+                               "sq_dists": sq_dists.cpu().tolist()})
     print(f"wrote {args.out}: {picks.numel()} {args.split} images, each followed by its {args.k} nearest "
           f"training images (mean squared latent distance {float(sq_dists.mean()):.3g})")
     return 0

@@ -56,10 +56,17 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
                      *extra]) == 0
         assert out.is_file()
     for split in ("train", "test"):
-        out = tmp_path / f"retrieved-{split}.png"
-        assert main(["retrieve", str(run_dir), "--split", split, "--n", "3", "--k", "4", "--out", str(out)]) == 0
+        out, found = tmp_path / f"retrieved-{split}.png", tmp_path / f"retrieved-{split}.json"
+        assert main(["retrieve", str(run_dir), "--split", split, "--n", "3", "--k", "4", "--out", str(out),
+                     "--json", str(found)]) == 0
         with Image.open(out) as img:  # 3 rows of a query and 4 neighbours, 56-pixel cells, 1-pixel lines
             assert img.size == (5 * 56 + 4, 3 * 56 + 2)
+        result = json.loads(found.read_text())
+        assert result["split"] == split and len(result["queries"]) == 3
+        assert [len(row) for row in result["neighbours"]] == [4, 4, 4]
+        assert all(row == sorted(row) for row in result["sq_dists"])  # nearest first
+        if split == "train":  # a training image never retrieves itself
+            assert all(q not in row for q, row in zip(result["queries"], result["neighbours"]))
     assert "each followed by its 4 nearest training images" in capsys.readouterr().out
     assert main(["retrieve", str(run_dir), "--split", "nope", "--out", str(tmp_path / "x.png")]) == 2
     assert main(["retrieve", str(run_dir), "--k", "4001", "--out", str(tmp_path / "x.png")]) == 2
