@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = parse_runs(args.run)
     if not runs:
         raise FileNotFoundError("no trained run to augment with: run bench/prior_study.py first, or pass --run")
-    threads = torch.get_num_threads()
-    common.apply_threads(args.threads)
-    try:
+    with common.scoped_threads(args.threads):  # leaves an in-process caller's count as it was
         pools, about, data = {}, {}, None
         for label, run_dir in runs.items():
             pools[label], about[label], data = sample_pool(run_dir, args.per_example)
@@ -164,8 +162,6 @@ def main(argv: list[str] | None = None) -> int:
                     common.write_json(doc, out)
                 print(f"{condition:<14} seed {seed}: test error {100 * record['test_error']:.2f}% at epoch "
                       f"{record['best_epoch']} (validation {100 * record['val_error']:.2f}%)", flush=True)
-    finally:
-        torch.set_num_threads(threads)
     tables.print_report(tables.augment_study_caption(doc), tables.augment_study_table(doc), out)
     return 0
 

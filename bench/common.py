@@ -37,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from devinfo import (BACKEND_MODULES, PEAK_BANDWIDTH, apply_threads,  # noqa: E402,F401
                      autotune_choices, backends_info, bench_device, cpu_model, device_info,
-                     git_info, load_average, load_backends, peak_bandwidth, synchronize)
+                     git_info, load_average, load_backends, peak_bandwidth, scoped_threads,
+                     synchronize)
 
 SCHEMA = "exvae-bench/1"
 BENCH_DIR = Path(__file__).resolve().parent

@@ -7,6 +7,8 @@ import importlib
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,17 @@ def apply_threads(threads: int | None = None) -> int:
             raise ValueError(f"threads: expected >= 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+@contextmanager
+def scoped_threads(threads: int | None = None) -> Iterator[int]:
+    """`apply_threads` for the duration of a with-block, then give torch back the thread count
+    it had (so an in-process caller such as `exvae bench` is left as it was)."""
+    before = torch.get_num_threads()
+    try:
+        yield apply_threads(threads)
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_average() -> list[float] | None:

@@ -339,16 +339,12 @@ def run(settings: dict[str, Any], device: torch.device, out: Path | None, log=pr
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = resolve_settings(args)
-    threads = torch.get_num_threads()
-    common.apply_threads(args.threads)
-    try:
+    with common.scoped_threads(args.threads):  # leaves an in-process caller's count as it was
         device = common.bench_device(args.device)
         out = None
         if not args.no_write:
             out = args.out or common.default_result_path("epoch_time", common.device_info(device), settings["preset"])
         doc = run(settings, device, out)
-    finally:
-        torch.set_num_threads(threads)  # leave an in-process caller (`exvae bench`) as it was
     tables.print_report(tables.epoch_caption(doc), tables.epoch_table(doc), out)
     return 0 if any(r.get("status") == "ok" for r in doc["results"]) else 1
 

@@ -9,7 +9,7 @@ document (by their "created" time) give epoch_time.png (s/epoch bars, one group 
 one bar per prior, one panel per data set, whiskers from the fastest to the slowest repeat)
 and ops_<op>.png (median time per call against N, log-log, one line per provider, one panel
 per mode/variant); the latest "prior_study" and "augment_study" documents (prior_study.py,
-augment_study.py) give a table only.
+augment_study.py) give <kind>.png (a per-epoch validation curve per run) under their tables.
 `--markdown` replaces the text between README_BEGIN and README_END in bench/README.md with
 the same documents' tables: nothing there is typed by hand.
 """
@@ -34,7 +34,7 @@ LINE_STYLES = ("-", "--", "-.", ":")
 
 @dataclass(frozen=True)
 class CurveSpec:
-    """How plot_curves draws a table-only document: the record field holding the per-epoch
+    """How plot_curves draws a study document: the record field holding the per-epoch
     curve, the field grouping records (one colour), the legend field, axis and title."""
 
     curve: str
@@ -47,8 +47,10 @@ class CurveSpec:
 
 
 def _upper_range(doc: dict[str, Any], spec: CurveSpec) -> tuple[float, float]:
-    """Y range from the lowest value to 5% above the highest last value: shows the late epochs
-    where the curves separate, not the first epochs' far lower values."""
+    """Y range that shows the late epochs, where the curves separate, rather than the first
+    epochs' far lower values: the bottom is the lowest last value minus half its distance to
+    the highest value (never below the lowest value), the top 5% of the range above the
+    highest value."""
     values = [spec.scale * v for r in doc["results"] for v in (r.get(spec.curve) or [])]
     ends = [spec.scale * r[spec.curve][-1] for r in doc["results"] if r.get(spec.curve)]
     if not values:
@@ -199,8 +201,8 @@ def plot_op(doc: dict[str, Any], op: str, path: Path) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_curves(doc: dict[str, Any], spec: "CurveSpec", path: Path) -> Path:
-    """One line per record of a table-only document (a colour per group, a line per seed):
+def plot_curves(doc: dict[str, Any], spec: CurveSpec, path: Path) -> Path:
+    """One line per record of a study document (a colour per group, a line per seed):
     a per-epoch curve the record holds, e.g. the validation ELBO of each prior."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.4))

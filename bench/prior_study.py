@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -95,7 +96,7 @@ def train_and_evaluate(prior: str, seed: int, args: argparse.Namespace) -> dict[
             "train_s_per_epoch": statistics.median(r["train_seconds"] for r in epochs),
             "val_elbo_curve": [r["val_elbo"] for r in epochs],
             "prior_variance": (None if "prior_log_var" not in epochs[-1]
-                               else float(torch.tensor(epochs[-1]["prior_log_var"]).exp())),
+                               else math.exp(epochs[-1]["prior_log_var"])),
             **{key: metrics[key] for key in keep if key in metrics}}
 
 
@@ -105,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in priors if p not in PRIORS]
     if unknown or not priors:
         raise ValueError(f"--priors: expected a subset of {','.join(PRIORS)}, got {args.priors!r}")
-    threads = torch.get_num_threads()
-    common.apply_threads(args.threads)
-    try:
+    with common.scoped_threads(args.threads):  # leaves an in-process caller's count as it was
         device = common.bench_device(args.device)
         info = common.device_info(device)
         settings = {"base_config": str(BASE_CONFIG.relative_to(common.REPO_DIR)), "dataset": "mnist-5k",
@@ -131,8 +130,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{record['prior_label']:<28} seed {seed}: test log-likelihood "
                       f"{record['log_likelihood']:.2f} nats after {record['epochs']} epochs "
                       f"(best {record['best_epoch']}) [{record['wall_s']:.0f} s]", flush=True)
-    finally:
-        torch.set_num_threads(threads)  # leave an in-process caller (`exvae bench`) as it was
     tables.print_report(tables.prior_study_caption(doc), tables.prior_study_table(doc), out)
     return 0
 

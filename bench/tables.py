@@ -212,6 +212,21 @@ def _mean_spread(values: Sequence[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
 
 
+def _group_by(records: list[dict[str, Any]], field: str) -> dict[str, list[dict[str, Any]]]:
+    """Records by the value of `field`, in order of first appearance."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r[field], []).append(r)
+    return groups
+
+
+def _measured_on(doc: dict[str, Any]) -> str:
+    """'Device: **name** (type), torch x, commit c, measured t.' of a study document."""
+    dev = doc["device"]
+    return (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}, commit "
+            f"{str((dev.get('git') or {}).get('commit'))[:10]}, measured {doc['created']}.")
+
+
 def _knn_errors(runs: list[dict[str, Any]]) -> str:
     """Mean 1-NN and 5-NN classification error over the runs that measured it."""
     measured = [r["knn_error"] for r in runs if r.get("knn_error")]
@@ -224,9 +239,7 @@ def prior_study_table(doc: dict[str, Any]) -> str:
     """Test log-likelihood per prior of a "prior_study" document (mean ± std over seeds)."""
     header = ["prior", "test log-likelihood (nats)", "test ELBO", "KL", "neg. reconstruction",
               "active units", "kNN error k=1 / 5", "epochs (best)", "sigma^2", "k=10 carries (test / train)"]
-    by_prior: dict[str, list[dict[str, Any]]] = {}
-    for r in doc["results"]:
-        by_prior.setdefault(r["prior"], []).append(r)
+    by_prior = _group_by(doc["results"], "prior")
     rows = []
     for prior in sorted(by_prior, key=lambda p: (_index(PRIOR_STUDY_ORDER, p), p)):
         runs = by_prior[prior]
@@ -247,10 +260,9 @@ def prior_study_table(doc: dict[str, Any]) -> str:
 
 def prior_study_caption(doc: dict[str, Any]) -> str:
     """One paragraph saying what was trained, on what, and how it was evaluated."""
-    s, dev = doc["settings"], doc["device"]
+    s = doc["settings"]
     seeds = s.get("seeds") or []
-    return (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}, commit "
-            f"{str((dev.get('git') or {}).get('commit'))[:10]}, measured {doc['created']}. VAE (d = 40) "
+    return (f"{_measured_on(doc)} VAE (d = 40) "
             f"on the embedded `{s.get('dataset')}` digits (4,000 train / 500 validation / 500 test), "
             f"`{s.get('base_config')}` with at most {s.get('epochs')} epochs, KL warm-up "
             f"{s.get('warmup_epochs')}, early stopping after {s.get('early_stopping_patience')} epochs "
@@ -265,9 +277,7 @@ def prior_study_caption(doc: dict[str, Any]) -> str:
 def augment_study_table(doc: dict[str, Any]) -> str:
     """Test error per condition of an "augment_study" document (mean ± std over seeds)."""
     header = ["training data", "test error (%)", "validation error (%)", "best epoch per seed"]
-    by_condition: dict[str, list[dict[str, Any]]] = {}
-    for r in doc["results"]:
-        by_condition.setdefault(r["condition"], []).append(r)
+    by_condition = _group_by(doc["results"], "condition")
     runs = doc["settings"].get("runs", {})
     rows = []
     for condition, records in by_condition.items():
@@ -283,9 +293,8 @@ def augment_study_table(doc: dict[str, Any]) -> str:
 
 def augment_study_caption(doc: dict[str, Any]) -> str:
     """One paragraph saying how the classifiers were trained and evaluated."""
-    s, dev = doc["settings"], doc["device"]
-    return (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}, commit "
-            f"{str((dev.get('git') or {}).get('commit'))[:10]}, measured {doc['created']}. {s.get('classifier')}, "
+    s = doc["settings"]
+    return (f"{_measured_on(doc)} {s.get('classifier')}, "
             f"lr {s.get('lr')}, batch {s.get('batch_size')}, {s.get('epochs')} epochs on the "
             f"`{s.get('dataset')}` training digits; augmented conditions draw {s.get('per_example')} samples "
             f"per digit once and replace each digit of a minibatch by one of them with probability "

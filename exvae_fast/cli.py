@@ -208,11 +208,12 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     pool = getattr(data, args.split)
     torch.manual_seed(args.seed)
     picks = torch.randperm(pool.shape[0])[: args.n]
+    queries = pool[picks]
     exclude = picks if args.split == "train" else None
     keys = encode_means(model, data.train, cfg.train.eval_batch_size)
-    sq_dists, indices = nearest_neighbours(model, pool[picks], keys, args.k, exclude=exclude,
+    sq_dists, indices = nearest_neighbours(model, queries, keys, args.k, exclude=exclude,
                                            batch_size=cfg.train.eval_batch_size)
-    images = torch.cat([pool[picks].unsqueeze(1), data.train[indices.cpu()]], dim=1)  # query first
+    images = torch.cat([queries.unsqueeze(1), data.train[indices.cpu()]], dim=1)  # query first
     save_image_grid(images.cpu(), model.input_shape, args.out)
     if args.json is not None:
         from .train.run_files import write_json

@@ -16,9 +16,8 @@ from torch import Tensor
 
 from ..models.base import LatentVariableModel
 from ..ops.validation import check_index, check_shape
-from ..priors.base import check_count
 from .mode import check_data
-from .neighbours import encode_means, nearest_neighbours
+from .neighbours import check_neighbour_counts, encode_means, nearest_neighbours
 
 
 def vote(neighbour_labels: Tensor, num_classes: int) -> Tensor:
@@ -50,12 +49,7 @@ def knn_classification_error(model: LatentVariableModel, train: Tensor, train_la
     check_data(model, test, "test")
     _check_labels(train_labels, "train_labels", train.shape[0])
     _check_labels(test_labels, "test_labels", test.shape[0])
-    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or len(ks) == 0:
-        raise ValueError(f"ks: expected a non-empty sequence of neighbour counts, got {ks!r}")
-    for k in ks:
-        check_count(k, "ks")
-        if k > train.shape[0]:
-            raise ValueError(f"ks: {k} neighbours asked for, but the training set has {train.shape[0]} rows")
+    check_neighbour_counts(ks, train.shape[0], f"the training set has {train.shape[0]} rows")
     keys = encode_means(model, train, batch_size, progress=progress)
     _, neighbours = nearest_neighbours(model, test, keys, max(ks), batch_size=batch_size, backend=backend,
                                        progress=progress)  # [M, k_max], nearest first

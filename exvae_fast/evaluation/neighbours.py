@@ -3,6 +3,8 @@ are nearest to a query's (the paper's link between generative models and nearest
 retrieval). The search is `ops.knn_search`: the fused Triton kernel on CUDA."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -10,6 +12,17 @@ from ..models.base import LatentVariableModel
 from ..ops import knn_search
 from ..priors.base import check_count
 from .mode import check_data, evaluation_mode, iterate_batches, model_device
+
+
+def check_neighbour_counts(ks: object, most: int, why: str) -> None:
+    """ValueError unless ks is a non-empty sequence of counts >= 1, each at most `most`
+    (`why` completes the message: "... neighbours asked for, but <why>")."""
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or len(ks) == 0:
+        raise ValueError(f"ks: expected a non-empty sequence of neighbour counts, got {ks!r}")
+    for k in ks:
+        check_count(k, "ks")
+        if k > most:
+            raise ValueError(f"ks: {k} neighbours asked for, but {why}")
 
 
 def encode_means(model: LatentVariableModel, data: Tensor, batch_size: int = 500, *,

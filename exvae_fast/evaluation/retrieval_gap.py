@@ -29,21 +29,9 @@ from ..ops.validation import check_index, check_range, check_shape
 from ..priors.base import check_count
 from ..priors.exemplar import ExemplarPrior
 from .mode import check_data, evaluation_mode, iterate_batches, model_device
+from .neighbours import check_neighbour_counts
 
 QUANTILES = {"median": 0.5, "p90": 0.9, "p99": 0.99}
-
-
-def _check_ks(ks: Sequence[int], taking_part: int) -> list[int]:
-    if isinstance(ks, (str, bytes)) or not isinstance(ks, Sequence) or len(ks) == 0:
-        raise ValueError(f"ks: expected a non-empty sequence of neighbour counts, got {ks!r}")
-    for k in ks:
-        check_count(k, "ks")
-    if list(ks) != sorted(set(ks)):
-        raise ValueError(f"ks: expected strictly increasing counts, got {list(ks)}")
-    if ks[-1] > taking_part:
-        raise ValueError(f"ks: {ks[-1]} neighbours asked for, but only {taking_part} exemplars "
-                         "take part in each row's prior")
-    return list(ks)
 
 
 def retrieval_gap(model: LatentVariableModel, data: Tensor, ks: Sequence[int] = (1, 5, 10, 50), *,
@@ -66,14 +54,17 @@ def retrieval_gap(model: LatentVariableModel, data: Tensor, ks: Sequence[int] = 
         check_index(indices, "indices")
         check_shape(indices, "indices", (data.shape[0],))
         check_range(indices, "indices", prior.num_items)
-    ks = _check_ks(ks, prior.num_items - (indices is not None))
+    taking_part = prior.num_items - (indices is not None)  # M'
+    check_neighbour_counts(ks, taking_part, f"only {taking_part} exemplars take part in each row's prior")
+    if list(ks) != sorted(set(ks)):
+        raise ValueError(f"ks: expected strictly increasing counts, got {list(ks)}")
     device = model_device(model)
     gaps: dict[int, list[Tensor]] = {k: [] for k in ks}
     start = 0
     with evaluation_mode(model):
         means = prior.cache.means.double()  # [N_exemplars, d]
         log_var = prior.log_var.double()
-        norm_const = (math.log(prior.num_items - (indices is not None))
+        norm_const = (math.log(taking_part)
                       + 0.5 * prior.latent_dim * (math.log(2 * math.pi) + log_var))
         for x in iterate_batches(data, batch_size, device, progress=progress, desc="retrieval gap"):
             exclude = None if indices is None else indices[start:start + x.shape[0]].to(device)
