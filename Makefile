@@ -28,7 +28,7 @@ install: $(STAMP)
 # write runs/mnist-5k-demo/ (checkpoints, metrics.json, loss_curve.png, samples.png,
 # exemplar_samples.png).
 demo: $(STAMP)
-	$(PY) -m exvae_fast train --config configs/mnist-5k-demo.toml
+	$(PY) -m exvae_fast train --config configs/mnist-5k-demo.toml --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

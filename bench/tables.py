@@ -6,12 +6,14 @@ tables (and the op tables) into bench/README.md, so no number there is typed by 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+
+from exvae_fast.run_table import markdown_table, mean_spread  # noqa: E402
 
 REFERENCE_VAMP = "vamp500"
 REFERENCE_EXACT = "exact-torch"
@@ -31,15 +33,6 @@ def print_report(caption: str, table: str, out: Path | None) -> None:
 
 def _index(order: tuple, item: str) -> int:
     return order.index(item) if item in order else len(order)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
-    """A GitHub Markdown table: the first `text_columns` columns left-aligned, the others
-    (numbers) right-aligned."""
-    align = [":---"] * text_columns + ["---:"] * (len(header) - text_columns)
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _fmt_seconds(value: float | None) -> str:
@@ -203,15 +196,6 @@ def skipped_list(doc: dict[str, Any], limit: int = 40) -> str:
 PRIOR_STUDY_ORDER = ("standard", "vamp500", "exemplar-exact", "exemplar-retrieval")
 
 
-def _mean_spread(values: Sequence[float], digits: int = 2) -> str:
-    """'mean' for one value, 'mean ± sample std (n)' for several."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
-
-
 def _group_by(records: list[dict[str, Any]], field: str) -> dict[str, list[dict[str, Any]]]:
     """Records by the value of `field`, in order of first appearance."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -249,10 +233,10 @@ def prior_study_table(doc: dict[str, Any]) -> str:
             carried = " / ".join(_fmt_fraction(sum(g[split]["10"]["mass"] for g in gaps) / len(gaps))
                                  for split in ("test", "train"))
         variances = [r["prior_variance"] for r in runs if r.get("prior_variance") is not None]
-        rows.append([runs[0]["prior_label"], _mean_spread([r["log_likelihood"] for r in runs]),
-                     _mean_spread([r["elbo"] for r in runs]), _mean_spread([r["kl"] for r in runs]),
-                     _mean_spread([r["neg_recon"] for r in runs]),
-                     _mean_spread([r["active_units"] for r in runs], 1), _knn_errors(runs),
+        rows.append([runs[0]["prior_label"], mean_spread([r["log_likelihood"] for r in runs]),
+                     mean_spread([r["elbo"] for r in runs]), mean_spread([r["kl"] for r in runs]),
+                     mean_spread([r["neg_recon"] for r in runs]),
+                     mean_spread([r["active_units"] for r in runs], 1), _knn_errors(runs),
                      ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in runs),
                      f"{sum(variances) / len(variances):.3g}" if variances else "-", carried])
     return markdown_table(header, rows)
@@ -285,8 +269,8 @@ def augment_study_table(doc: dict[str, Any]) -> str:
         label = "real digits only" if about is None else (
             f"real + samples of `{condition}` ({about['prior']}"
             + (f" {about['prior_mode']}" if about["prior"] == "exemplar" else "") + " prior)")
-        rows.append([label, _mean_spread([100 * r["test_error"] for r in records]),
-                     _mean_spread([100 * r["val_error"] for r in records]),
+        rows.append([label, mean_spread([100 * r["test_error"] for r in records]),
+                     mean_spread([100 * r["val_error"] for r in records]),
                      ", ".join(str(r["best_epoch"]) for r in records)])
     return markdown_table(header, rows)
 

@@ -1,4 +1,4 @@
-"""`exvae` command line: train | evaluate | sample | augment | retrieve | bench.
+"""`exvae` command line: train | evaluate | sample | augment | retrieve | table | bench.
 
 Errors in the user's input are printed as one line (no traceback) and exit with 2;
 a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
@@ -6,6 +6,7 @@ a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out-dir", help="parent folder of the run folder")
     tr.add_argument("--resume", type=Path, metavar="RUN_DIR",
                     help="continue the run in RUN_DIR exactly from its last checkpoint")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace a run already in the run folder (default: refuse, to keep it)")
     tr.add_argument("--no-eval", action="store_true", help="skip the final test evaluation and pictures")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -78,6 +81,14 @@ def _build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--device")
     re_.add_argument("--seed", type=int, default=0)
 
+    ta = sub.add_parser("table", help="paper-style tables (mean ± std over seeds) of evaluated run folders")
+    ta.add_argument("runs", type=Path, nargs="+", help="run folders, or folders searched for run folders")
+    ta.add_argument("--metrics", help="comma-separated metrics.json keys to tabulate (default: all of "
+                    "log_likelihood, bits_per_dim, elbo, kl, neg_recon, active_units, knn_error.1, knn_error.10)")
+    ta.add_argument("--out", type=Path, help="also write the Markdown tables to this file")
+    ta.add_argument("--csv", type=Path, help="write one row per (experiment, metric): mean, std, n, seeds, runs")
+    ta.add_argument("--json", type=Path, help="the same records as JSON, with each experiment's settings")
+
     be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
     be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks), priors (test log-likelihood "
                     "of each prior on the embedded digits), augment (classifier error with generated "
@@ -113,7 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     trainer = Trainer(cfg, progress=not args.no_progress)
     try:
-        summary = trainer.fit(resume=args.resume is not None)
+        summary = trainer.fit(resume=args.resume is not None, overwrite=args.overwrite)
     finally:
         leave(trainer.team)
     if not trainer.team.is_main:  # under torchrun, rank 0 reports and evaluates
@@ -226,6 +237,29 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_table(args: argparse.Namespace) -> int:
+    from .atomic_io import atomic_write_text
+    from .run_table import METRIC_KEYS, csv_text, find_runs, long_records, markdown_report
+
+    metrics = METRIC_KEYS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    unknown = [m for m in metrics if m not in METRIC_KEYS]
+    if unknown or not metrics:
+        raise ValueError(f"--metrics: expected a comma-separated subset of {','.join(METRIC_KEYS)}, "
+                         f"got {args.metrics!r}")
+    runs = find_runs(args.runs)
+    report = markdown_report(runs, metrics)
+    print(report, end="")
+    if args.out is not None:
+        atomic_write_text(args.out, report)
+    if args.csv is not None or args.json is not None:
+        records = long_records(runs, metrics)
+        if args.csv is not None:
+            atomic_write_text(args.csv, csv_text(records))
+        if args.json is not None:
+            atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench_cli import run
 
@@ -233,7 +267,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "augment": _cmd_augment,
-            "retrieve": _cmd_retrieve, "bench": _cmd_bench}
+            "retrieve": _cmd_retrieve, "table": _cmd_table, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

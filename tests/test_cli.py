@@ -76,6 +76,15 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
         assert f["images"].shape == (8000, 784) and f["labels"].shape == (8000,)
 
 
+def test_table_of_a_trained_run(run_dir, capsys):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert main(["table", str(run_dir.parent)]) == 0
+    printed = capsys.readouterr().out
+    assert f"| Exemplar VAE (retrieval, k=10) | {metrics['log_likelihood']:.2f} |" in printed
+    assert f"| Exemplar VAE (retrieval, k=10) | {100 * metrics['knn_error']['1']:.2f} |" in printed
+    assert f"{metrics['iw_samples']} importance samples per point" in printed
+
+
 def test_resume_continues_from_the_last_epoch(run_dir, capsys):
     assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", "--no-eval", *SHORT[4:]]) == 0
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()

@@ -94,6 +94,20 @@ def test_logs_config_and_checkpoint_contents(tmp_path):
     assert summary.epochs_completed == 1
 
 
+def test_a_finished_run_is_never_silently_replaced(tmp_path):
+    Trainer(tiny_config(tmp_path, **{"train.epochs": 1}), progress=False).fit()
+    run = tmp_path / "run"
+    before = (run / "checkpoint_last.pt").read_bytes(), (run / "metrics.jsonl").read_text()
+    again = Trainer(tiny_config(tmp_path, **{"train.epochs": 1, "train.seed": 1}), progress=False)
+    with pytest.raises(ValueError, match="already holds a trained run.*--resume.*--overwrite"):
+        again.fit()
+    assert ((run / "checkpoint_last.pt").read_bytes(), (run / "metrics.jsonl").read_text()) == before
+    summary = again.fit(overwrite=True)
+    assert summary.epochs_completed == 1
+    assert load_checkpoint(run / "checkpoint_last.pt")["config"]["train"]["seed"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_training_does_not_leave_the_caller_in_another_mode(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, **{"train.epochs": 1}), progress=False)
     trainer.fit()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from ..atomic_io import atomic_write
+from ..atomic_io import atomic_write_text
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "omniglot", "celeba", "frey-faces", "synthetic")
 EMBEDDED_DATASETS = ("mnist-5k", "synthetic")  # take no data.root (exvae_fast.data.load_dataset)
@@ -383,4 +383,4 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
 def save_config_json(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
     """Write `cfg` as indented JSON, atomically (temp file in the same folder + os.replace)."""
     text = json.dumps(config_to_dict(cfg), indent=2) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_text(path, text)

@@ -139,14 +139,25 @@ class Trainer:
             truncate_jsonl(self.files.metrics_log, self.state.epoch)
 
     # -- the loop ------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> TrainSummary:
-        """Train until `train.epochs` or early stopping; returns the summary."""
+    def fit(self, resume: bool = False, overwrite: bool = False) -> TrainSummary:
+        """Train until `train.epochs` or early stopping; returns the summary.
+
+        resume: continue from the run folder's last checkpoint. Without it a run folder that
+        already holds a checkpoint is refused (ValueError), unless `overwrite` says to
+        replace that run: a new seed or setting never silently erases a finished run.
+        """
         if self.step_model is not self.model:
             raise RuntimeError("fit: a Trainer in a torchrun team trains once (its model is "
                                "sharded and wrapped now); to continue, create a new Trainer and "
                                "call fit(resume=True)")
         start = time.perf_counter()
         main = self.team.is_main
+        # rank 0's view decides for the whole team (the folder may be on rank 0's disk only)
+        if not resume and not overwrite and gather_objects(self.files.last_checkpoint.exists(), self.team)[0]:
+            raise ValueError(f"run folder {self.files.root} already holds a trained run "
+                             f"({self.files.last_checkpoint.name}): continue it with --resume "
+                             f"{self.files.root}, train into another folder (--name / --out-dir), "
+                             "or replace it with --overwrite")
         self.files.root.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()

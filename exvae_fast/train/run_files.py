@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic_io import atomic_write
+from ..atomic_io import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,10 @@ def truncate_jsonl(path: Path, last_epoch: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines()
     kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
     text = "".join(line + "\n" for line in kept)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_text(path, text)
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temp file + rename)."""
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write_text(path, text)

@@ -1,0 +1,303 @@
+"""Paper-style tables of evaluated run folders (`exvae table`).
+
+Each run folder holds config.json (written by `exvae train`) and, once evaluated,
+metrics.json (`exvae evaluate`). Runs that differ only in their seed, their name and
+folder, or settings that do not change the model (device, ops backend, batch sizes of
+evaluation, data location) are repetitions of one experiment: their metrics are averaged
+(mean ± sample standard deviation over the runs, as in the paper's tables). Rows are
+named as in the paper ("VAE w/ VampPrior (500)", "Exemplar ConvHVAE"), one column per
+data set, one table per metric. When two experiments on one data set would get the same
+row name, the settings in which they differ are added to it, so nothing is averaged
+across different settings.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .train.config import DATASETS, config_to_dict, load_config_json
+from .train.run_files import RunFiles
+
+NOT_EXPERIMENT_SETTINGS = frozenset({
+    "name", "out_dir", "train.seed", "train.device", "train.tensorboard", "train.eval_batch_size",
+    "data.root", "prior.backend", "prior.index_threads", "eval.max_rows", "eval.num_sample_images",
+    "eval.iw_samples",  # replaced by the evaluation's own count (`exvae evaluate --iw-samples`)
+})
+"""Config keys that do not change what is measured: runs differing only in these (and the
+seed) are repetitions of one experiment."""
+
+EVALUATION_KEYS = ("split", "checkpoint", "iw_samples")
+"""metrics.json fields that are part of an experiment's identity (`eval.<key>` in the tables)."""
+
+MODEL_NAMES = {"vae": "VAE", "hvae": "HVAE", "convhvae": "ConvHVAE", "pixelhvae": "PixelHVAE",
+               "celeba": "CelebAVAE"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One table: `key` is a metrics.json field ("knn_error.1" reads metrics["knn_error"]["1"])."""
+
+    key: str
+    title: str
+    higher_is_better: bool
+    scale: float = 1.0
+    digits: int = 2
+
+    def read(self, metrics: dict[str, Any]) -> float | None:
+        value: Any = metrics
+        for part in self.key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+        return None if value is None else float(value) * self.scale
+
+
+METRICS = (
+    Metric("log_likelihood", "Test log-likelihood (nats, importance-weighted)", True),
+    Metric("bits_per_dim", "Bits per dimension", False, digits=4),
+    Metric("elbo", "Test ELBO (nats)", True),
+    Metric("kl", "KL term of the ELBO (nats)", False),
+    Metric("neg_recon", "Negative reconstruction term of the ELBO (nats)", False),
+    Metric("active_units", "Active units (Var(mu) > threshold)", True, digits=1),
+    Metric("knn_error.1", "1-NN classification error of the posterior means (%)", False, 100.0, 2),
+    Metric("knn_error.10", "10-NN classification error of the posterior means (%)", False, 100.0, 2),
+)
+METRIC_KEYS = tuple(m.key for m in METRICS)
+
+
+@dataclass
+class Run:
+    """One run folder: its flattened config and its metrics (None until evaluated)."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+
+
+@dataclass
+class Experiment:
+    """Runs that repeat one experiment (same settings, other seeds)."""
+
+    dataset: str
+    settings: dict[str, Any]  # flattened config without NOT_EXPERIMENT_SETTINGS, plus eval.* keys
+    runs: list[Run] = field(default_factory=list)
+    label: str = ""
+
+    def values(self, metric: Metric) -> list[float]:
+        return [v for r in self.runs if (v := metric.read(r.metrics or {})) is not None]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"seed": 0}} -> {"train.seed": 0}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Every run folder at or below `paths` (a folder holding config.json), sorted by path.
+
+    Raises ValueError when a path does not exist or no run folder is found, and names the
+    file when a config.json or metrics.json cannot be read.
+    """
+    if not paths:
+        raise ValueError("runs: expected at least one run folder or parent folder")
+    folders: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise ValueError(f"runs: {str(p)!r} is not a folder")
+        folders.update(c.parent.resolve() for c in p.rglob("config.json"))
+    if not folders:
+        raise ValueError(f"runs: no run folder (a folder with config.json) in {', '.join(map(str, paths))}")
+    return [_read_run(folder) for folder in sorted(folders)]
+
+
+def _read_run(folder: Path) -> Run:
+    files = RunFiles(folder)
+    config = flatten(config_to_dict(load_config_json(files.config)))
+    metrics = None
+    if files.final_metrics.is_file():
+        try:
+            metrics = json.loads(files.final_metrics.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"runs: cannot read {files.final_metrics}: {e}") from e
+        if not isinstance(metrics, dict):
+            raise ValueError(f"runs: {files.final_metrics} does not hold a JSON object")
+    return Run(folder, config, metrics)
+
+
+def group_experiments(runs: Sequence[Run]) -> list[Experiment]:
+    """Evaluated runs grouped into experiments, each labelled (see the module docstring)."""
+    groups: dict[str, Experiment] = {}
+    for run in runs:
+        if run.metrics is None:
+            continue
+        settings = {k: v for k, v in run.config.items() if k not in NOT_EXPERIMENT_SETTINGS}
+        settings.update({f"eval.{k}": run.metrics.get(k) for k in EVALUATION_KEYS})
+        key = json.dumps(settings, sort_keys=True)
+        groups.setdefault(key, Experiment(run.config["data.name"], settings)).runs.append(run)
+    experiments = list(groups.values())
+    for e in experiments:
+        e.runs.sort(key=lambda r: (r.config["train.seed"], str(r.path)))
+    _label(experiments)
+    return experiments
+
+
+def row_name(settings: dict[str, Any]) -> str:
+    """The paper's name for a (model, prior) pair, e.g. "HVAE w/ VampPrior (500)"."""
+    model = MODEL_NAMES.get(settings["model.name"], settings["model.name"])
+    prior = settings["prior.name"]
+    if prior == "exemplar":
+        mode = settings["prior.mode"]
+        return f"Exemplar {model} ({mode}" + (f", k={settings['prior.k']})" if mode == "retrieval" else ")")
+    if prior == "standard":
+        return f"{model} w/ Gaussian prior"
+    kind = "VampPrior" if prior == "vamp" else "mixture of Gaussians prior"
+    per_step = settings.get("prior.components_per_step")
+    sub = f", {per_step} per step" if per_step is not None else ""
+    return f"{model} w/ {kind} ({settings['prior.num_components']}{sub})"
+
+
+def _label(experiments: list[Experiment]) -> None:
+    """Set each experiment's row label: its row name, plus the settings that tell it apart
+    from the other experiments with that name on the same data set."""
+    by_cell: dict[tuple[str, str], list[Experiment]] = {}
+    for e in experiments:
+        e.label = row_name(e.settings)
+        by_cell.setdefault((e.dataset, e.label), []).append(e)
+    for clash in by_cell.values():
+        if len(clash) < 2:
+            continue
+        differing = sorted(k for k in clash[0].settings
+                           if len({json.dumps(e.settings.get(k)) for e in clash}) > 1)
+        for e in clash:
+            e.label += " [" + ", ".join(f"{k}={e.settings.get(k)}" for k in differing) + "]"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value) of a non-empty list."""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def mean_spread(values: Sequence[float], digits: int = 2) -> str:
+    """'mean' for one value, 'mean ± sample std (n)' for several."""
+    mean, std = mean_std(values)
+    if std is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
+
+
+def _dataset_order(experiments: Sequence[Experiment]) -> list[str]:
+    present = {e.dataset for e in experiments}
+    return [d for d in DATASETS if d in present] + sorted(present - set(DATASETS))
+
+
+def metric_table(experiments: Sequence[Experiment], metric: Metric) -> str | None:
+    """Markdown table of one metric (rows: labels; columns: data sets), the best mean of each
+    column in bold; None when no run measured it."""
+    measured = [e for e in experiments if e.values(metric)]
+    if not measured:
+        return None
+    datasets = _dataset_order(measured)
+    labels = list(dict.fromkeys(e.label for e in sorted(measured, key=_row_order)))
+    cells = {(e.label, e.dataset): e.values(metric) for e in measured}
+    best = {}
+    for d in datasets:
+        means = [mean_std(v)[0] for (_, ds), v in cells.items() if ds == d]
+        if len(means) > 1:  # nothing to compare in a column with one experiment
+            best[d] = (max if metric.higher_is_better else min)(means)
+    rows = []
+    for label in labels:
+        row = [label]
+        for d in datasets:
+            values = cells.get((label, d))
+            if not values:
+                row.append("-")
+                continue
+            text = mean_spread(values, metric.digits)
+            row.append(f"**{text}**" if mean_std(values)[0] == best.get(d) else text)
+        rows.append(row)
+    return markdown_table(["model", *datasets], rows)
+
+
+def _row_order(e: Experiment) -> tuple:
+    models = list(MODEL_NAMES)
+    priors = ["standard", "mog", "vamp", "exemplar"]
+    name, prior = e.settings["model.name"], e.settings["prior.name"]
+    return (models.index(name) if name in models else len(models),
+            priors.index(prior) if prior in priors else len(priors), e.label)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
+    """A GitHub Markdown table: the first `text_columns` columns left-aligned, the others
+    (numbers) right-aligned."""
+    align = [":---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> str:
+    """Every requested metric's table with a heading, then what was averaged and which runs
+    are not evaluated yet."""
+    experiments = group_experiments(runs)
+    chosen = [m for m in METRICS if m.key in metrics]
+    parts = []
+    for metric in chosen:
+        table = metric_table(experiments, metric)
+        if table is not None:
+            parts.append(f"### {metric.title}\n\n{table}")
+    if not parts:
+        parts.append("No evaluated run holds the requested metrics.")
+    evaluations = sorted({(str(s["eval.split"]), str(s["eval.checkpoint"]), str(s["eval.iw_samples"]))
+                          for s in (e.settings for e in experiments)})
+    notes = [f"{len(runs)} run folder(s), {sum(len(e.runs) for e in experiments)} evaluated, in "
+             f"{len(experiments)} experiment(s); cells: mean ± sample standard deviation (runs) over "
+             "the runs of an experiment (same settings, other seeds); best mean of each column in bold."]
+    notes += [f"Evaluated on the {split} split, {ckpt} checkpoint, {iw} importance samples per point."
+              for split, ckpt, iw in evaluations]
+    pending = [str(r.path) for r in runs if r.metrics is None]
+    if pending:
+        notes.append("Not evaluated yet (no metrics.json; run `exvae evaluate`): " + ", ".join(pending))
+    return "\n\n".join(parts + [" ".join(notes)]) + "\n"
+
+
+def long_records(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> list[dict[str, Any]]:
+    """One record per (experiment, metric) that was measured: label, data set, mean, sample
+    std (None for one run), count, seeds and run folders."""
+    records = []
+    for e in sorted(group_experiments(runs), key=lambda e: (e.dataset, _row_order(e))):
+        for metric in (m for m in METRICS if m.key in metrics):
+            values = e.values(metric)
+            if not values:
+                continue
+            mean, std = mean_std(values)
+            records.append({"label": e.label, "dataset": e.dataset, "metric": metric.key, "mean": mean,
+                            "std": std, "n": len(values), "seeds": [r.config["train.seed"] for r in e.runs],
+                            "runs": [str(r.path) for r in e.runs], "settings": e.settings})
+    return records
+
+
+def csv_text(records: Sequence[dict[str, Any]]) -> str:
+    """`long_records` as CSV (seeds and runs joined by ';', settings left out)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["label", "dataset", "metric", "mean", "std", "n", "seeds", "runs"])
+    for r in records:
+        writer.writerow([r["label"], r["dataset"], r["metric"], repr(r["mean"]),
+                         "" if r["std"] is None else repr(r["std"]), r["n"],
+                         ";".join(map(str, r["seeds"])), ";".join(r["runs"])])
+    return out.getvalue()
