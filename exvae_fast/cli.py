@@ -1,4 +1,4 @@
-"""`exvae` command line: train | evaluate | sample | augment | retrieve | table | bench.
+"""`exvae` command line: train | evaluate | sample | augment | retrieve | embed | table | bench.
 
 Errors in the user's input are printed as one line (no traceback) and exit with 2;
 a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
@@ -16,6 +16,7 @@ import torch
 from .train.config import RunConfig, apply_overrides, load_config, validate_config
 
 SAMPLE_KINDS = ("unconditional", "exemplar", "iterative")
+DATA_SPLITS = ("test", "val", "train")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -80,6 +81,19 @@ def _build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--checkpoint", default="best")
     re_.add_argument("--device")
     re_.add_argument("--seed", type=int, default=0)
+
+    em = sub.add_parser("embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior means), "
+                        "coloured by label (paper Figure 5)")
+    em.add_argument("run_dir", type=Path)
+    em.add_argument("--split", default="test", help="test, val or train")
+    em.add_argument("--n", type=int, help="points drawn at random from the split (default: all of it)")
+    em.add_argument("--method", default="tsne", help="tsne (needs scikit-learn: pip install 'exvae-fast[viz]') or pca")
+    em.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+    em.add_argument("--out", type=Path, required=True, help="output PNG")
+    em.add_argument("--json", type=Path, help="also write the point indices, labels and 2-D coordinates")
+    em.add_argument("--checkpoint", default="best")
+    em.add_argument("--device")
+    em.add_argument("--seed", type=int, default=0)
 
     ta = sub.add_parser("table", help="paper-style tables (mean ± std over seeds) of evaluated run folders")
     ta.add_argument("runs", type=Path, nargs="+", help="run folders, or folders searched for run folders")
@@ -205,20 +219,30 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_split(split: str) -> None:
+    if split not in DATA_SPLITS:
+        raise ValueError(f"--split: expected one of {DATA_SPLITS}, got {split!r}")
+
+
+def _pick_rows(num_rows: int, n: int | None, seed: int) -> torch.Tensor:
+    """n distinct row indices drawn at random (seeded), or all rows in order when n is None."""
+    if n is None:
+        return torch.arange(num_rows)
+    torch.manual_seed(seed)
+    return torch.randperm(num_rows)[:n]
+
+
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     from .evaluation import encode_means, nearest_neighbours
     from .plots import save_image_grid
     from .report import load_trained
 
-    splits = ("test", "val", "train")
-    if args.split not in splits:
-        raise ValueError(f"--split: expected one of {splits}, got {args.split!r}")
+    _check_split(args.split)
     if args.n < 1 or args.k < 1:
         raise ValueError("--n and --k: expected positive integers")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
     pool = getattr(data, args.split)
-    torch.manual_seed(args.seed)
-    picks = torch.randperm(pool.shape[0])[: args.n]
+    picks = _pick_rows(pool.shape[0], args.n, args.seed)
     queries = pool[picks]
     exclude = picks if args.split == "train" else None
     keys = encode_means(model, data.train, cfg.train.eval_batch_size)
@@ -234,6 +258,39 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
                                "sq_dists": sq_dists.cpu().tolist()})
     print(f"wrote {args.out}: {picks.numel()} {args.split} images, each followed by its {args.k} nearest "
           f"training images (mean squared latent distance {float(sq_dists.mean()):.3g})")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from .data import CLASS_NAMES
+    from .evaluation import embed_2d, encode_means
+    from .evaluation.embedding import METHODS
+    from .plots import plot_embedding
+    from .report import load_trained
+
+    _check_split(args.split)
+    if args.method not in METHODS:
+        raise ValueError(f"--method: expected one of {METHODS}, got {args.method!r}")
+    if args.n is not None and args.n < 2:
+        raise ValueError(f"--n: expected at least 2 points, got {args.n}")
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    pool, labels = getattr(data, args.split), getattr(data, f"{args.split}_labels")
+    picks = _pick_rows(pool.shape[0], args.n, args.seed)
+    means = encode_means(model, pool[picks], cfg.train.eval_batch_size)
+    coords = embed_2d(means, args.method, perplexity=args.perplexity, seed=args.seed)
+    picked_labels = None if labels is None else labels[picks]
+    method = "t-SNE" if args.method == "tsne" else "PCA"
+    plot_embedding(coords, args.out, picked_labels, CLASS_NAMES.get(data.name),
+                   title=f"{method} of the posterior means: {cfg.name}, {picks.numel()} {args.split} points")
+    if args.json is not None:
+        from .train.run_files import write_json
+
+        write_json(args.json, {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "split": args.split,
+                               "method": args.method, "perplexity": args.perplexity, "seed": args.seed,
+                               "indices": picks.tolist(), "coords": coords.tolist(),
+                               "labels": None if picked_labels is None else picked_labels.tolist()})
+    print(f"wrote {args.out}: {method} of {picks.numel()} {args.split} posterior means"
+          f"{'' if picked_labels is None else ', coloured by label'}")
     return 0
 
 
@@ -267,7 +324,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "augment": _cmd_augment,
-            "retrieve": _cmd_retrieve, "table": _cmd_table, "bench": _cmd_bench}
+            "retrieve": _cmd_retrieve, "embed": _cmd_embed, "table": _cmd_table, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"exvae {args.command}: training diverged: {err}", file=sys.stderr)
         return 3
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as err:
         if os.environ.get("EXVAE_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

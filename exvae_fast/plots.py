@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -126,6 +127,38 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike,
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+
+
+def plot_embedding(coords: Tensor, path: str | os.PathLike, labels: Tensor | None = None,
+                   class_names: tuple[str, ...] | None = None, title: str = "Latent space") -> None:
+    """Write a PNG scatter plot of 2-D points coords [n, 2], coloured by labels int64 [n]
+    (one colour per class, legend with `class_names[label]` where given, else the label)."""
+    if not isinstance(coords, Tensor) or coords.dim() != 2 or coords.shape[1] != 2 or coords.shape[0] == 0:
+        raise ValueError("coords: expected a tensor of shape [n, 2] with n >= 1")
+    xy = coords.detach().cpu().double().numpy()
+    fig = Figure(figsize=(7.5, 6.5), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    size = max(2.0, min(20.0, 20000.0 / xy.shape[0]))  # dense plots get smaller dots
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.7, linewidths=0)
+    else:
+        if not isinstance(labels, Tensor) or labels.shape != (xy.shape[0],):
+            raise ValueError(f"labels: expected a tensor of shape [{xy.shape[0]}] (one per point)")
+        classes = labels.detach().cpu().long().numpy()
+        colours = matplotlib.colormaps["tab10" if len(np.unique(classes)) <= 10 else "tab20"]
+        for i, c in enumerate(np.unique(classes)):
+            name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+            mine = classes == c
+            ax.scatter(xy[mine, 0], xy[mine, 1], s=size, alpha=0.7, linewidths=0, color=colours(i % colours.N),
+                       label=name)
+        ax.legend(markerscale=max(1.0, 30.0 / size) ** 0.5, fontsize="small", loc="best", framealpha=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)

@@ -76,6 +76,22 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
         assert f["images"].shape == (8000, 784) and f["labels"].shape == (8000,)
 
 
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_embed_draws_the_latent_space(run_dir, tmp_path, method, capsys):
+    out, found = tmp_path / f"{method}.png", tmp_path / f"{method}.json"
+    assert main(["embed", str(run_dir), "--method", method, "--n", "120", "--perplexity", "10",
+                 "--out", str(out), "--json", str(found)]) == 0
+    assert "of 120 test posterior means, coloured by label" in capsys.readouterr().out
+    with Image.open(out) as img:
+        assert img.size == (750, 650)
+    result = json.loads(found.read_text())
+    assert len(result["indices"]) == len(set(result["indices"])) == 120
+    assert len(result["coords"]) == 120 and all(len(c) == 2 for c in result["coords"])
+    assert all(0 <= label <= 9 for label in result["labels"])
+    assert main(["embed", str(run_dir), "--method", "umap", "--out", str(out)]) == 2
+    assert main(["embed", str(run_dir), "--split", "nope", "--out", str(out)]) == 2
+
+
 def test_table_of_a_trained_run(run_dir, capsys):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert main(["table", str(run_dir.parent)]) == 0

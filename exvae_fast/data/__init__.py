@@ -5,7 +5,7 @@ lists the names. "mnist-5k" (5,000 real MNIST digits, CC BY-SA 3.0) ships with t
 and needs no download. See `registry` for each set's root and options, and `splits` for the
 binarisation convention.
 """
-from .registry import DATASET_NAMES, load_dataset
+from .registry import CLASS_NAMES, DATASET_NAMES, load_dataset
 from .splits import DataSplits
 
-__all__ = ["DATASET_NAMES", "DataSplits", "load_dataset"]
+__all__ = ["CLASS_NAMES", "DATASET_NAMES", "DataSplits", "load_dataset"]

@@ -51,6 +51,15 @@ _READERS: dict[str, _Reader] = {
 
 DATASET_NAMES: tuple[str, ...] = tuple(_READERS)
 
+_DIGITS = tuple(str(i) for i in range(10))
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "mnist-5k": _DIGITS,
+    "mnist": _DIGITS,
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                      "Bag", "Ankle boot"),
+}
+"""Names of the integer labels of the labelled data sets (label i -> CLASS_NAMES[name][i])."""
+
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, *, seed: int = 0,
                  **options: object) -> DataSplits:
