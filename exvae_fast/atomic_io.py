@@ -7,12 +7,14 @@ import tempfile
 from typing import IO, Callable
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None],
+                 verify: Callable[[str], None] | None = None) -> None:
     """Write a file atomically: `write(f)` fills a temp file in the same folder, which is
-    flushed, fsync'ed and renamed over `path` with os.replace.
+    flushed, fsync'ed, passed to `verify(temp_path)` when given (e.g. to read it back), and
+    renamed over `path` with os.replace.
 
-    On any exception the temp file is removed and an existing file at `path` is left
-    untouched. The parent folder is created when missing.
+    On any exception (from `write` or `verify` too) the temp file is removed and an existing
+    file at `path` is left untouched. The parent folder is created when missing.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -23,6 +25,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,4 +1,4 @@
-"""`exvae` command line: train | evaluate | sample | augment | retrieve | embed | table | bench.
+"""`exvae` command line: download | train | evaluate | sample | augment | retrieve | embed | table | bench.
 
 Errors in the user's input are printed as one line (no traceback) and exit with 2;
 a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
@@ -22,6 +22,13 @@ DATA_SPLITS = ("test", "val", "train")
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: train, evaluate, sample, augment, retrieve.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    dl = sub.add_parser("download", help="fetch a data set's raw files (checked) into a folder")
+    dl.add_argument("dataset", help="mnist, fashion-mnist, omniglot or frey-faces")
+    dl.add_argument("root", type=Path, nargs="?", help="destination folder (default: data/DATASET, "
+                    "where the configs look)")
+    dl.add_argument("--force", action="store_true", help="fetch again even when valid files are there")
+    dl.add_argument("--no-progress", action="store_true")
 
     tr = sub.add_parser("train", help="train a model (then evaluate it and draw pictures); "
                         "data-parallel when launched by torchrun")
@@ -168,6 +175,16 @@ def _print_metrics(m: dict) -> None:
                                for k, row in gap[split].items())
             print(f"share of the exemplar prior carried by the k nearest exemplars ({split} rows; "
                   f"mean gap): {shares}")
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import download_dataset
+
+    root = args.root if args.root is not None else Path("data") / args.dataset
+    paths = download_dataset(args.dataset, root, force=args.force, progress=not args.no_progress)
+    print(f"{args.dataset}: {len(paths)} file(s) in {root} ({', '.join(p.name for p in paths)}); "
+          f"train with --set data.root={root}")
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -323,8 +340,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run(args.target, args.args)
 
 
-COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample, "augment": _cmd_augment,
-            "retrieve": _cmd_retrieve, "embed": _cmd_embed, "table": _cmd_table, "bench": _cmd_bench}
+COMMANDS = {"download": _cmd_download, "train": _cmd_train, "evaluate": _cmd_evaluate, "sample": _cmd_sample,
+            "augment": _cmd_augment, "retrieve": _cmd_retrieve, "embed": _cmd_embed, "table": _cmd_table,
+            "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
