@@ -1,11 +1,11 @@
 """Device metadata of bench/ results: which device, processor, versions, commit, the fused
 backends each op has there, and the datasheet peak bandwidth. Re-exported by common.py,
-which is what the bench scripts import."""
+which is what the bench scripts import. Versions, commit, CPU model and backends come from
+`exvae_fast.environment`, which also records them beside every training run."""
 from __future__ import annotations
 
 import importlib
 import os
-import platform
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from exvae_fast.environment import backends_info, cpu_model, git_info, package_version, software_versions
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 
@@ -93,18 +95,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cpu_model() -> str:
-    """The processor's model name (from /proc/cpuinfo on Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
 def _slugify(text: str) -> str:
     out = "".join(c if c.isalnum() else "-" for c in text.lower())
     while "--" in out:
@@ -119,19 +109,6 @@ def peak_bandwidth(device_name: str) -> float | None:
         if key in lowered:
             return value
     return None
-
-
-def git_info() -> dict[str, Any]:
-    """Commit of the checkout and whether tracked files differ from it."""
-    def run(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-    commit = run("rev-parse", "HEAD")
-    dirty = run("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": None if dirty is None else bool(dirty)}
 
 
 def _nvidia_driver() -> str | None:
@@ -163,21 +140,6 @@ def load_backends() -> dict[str, str]:
     return dict(_BACKEND_FAILURES)
 
 
-def backends_info(device: torch.device) -> dict[str, Any]:
-    """Registered backends of each op and what backend="auto" resolves to on `device`."""
-    from exvae_fast.ops import dispatch
-
-    probe = torch.empty(1, device=device)
-    out: dict[str, Any] = {}
-    for op in ("mixture_log_density", "knn_search", "cache_update_"):
-        try:
-            auto = dispatch.resolve_backend(op, "auto", probe)
-        except ValueError as err:
-            auto = f"unavailable: {err}"
-        out[op] = {"registered": list(dispatch.registered_backends(op)), "auto": auto}
-    return out
-
-
 def autotune_choices() -> list[dict[str, Any]]:
     """The configs Triton's autotuners of the fused kernels chose in this process: one
     {"kernel", "key", "config"} per tuned problem key (key values as strings; config: the
@@ -207,16 +169,10 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average": load_average(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "triton": _version("triton"),
-        "faiss": _version("faiss"),
-        "pykeops": _version("pykeops"),
-        "exvae_fast": _version("exvae_fast"),
-        "git": git_info(),
+        **software_versions(),
+        "faiss": package_version("faiss"),
+        "pykeops": package_version("pykeops"),
+        "git": git_info(REPO_DIR),
         "backend_import_errors": failures,
         "backends": backends_info(device),
     }
@@ -241,15 +197,3 @@ def device_info(device: torch.device) -> dict[str, Any]:
                      "peak_bandwidth_bytes_per_s": None, "peak_bandwidth_source": None})
         info["slug"] = "cpu-" + _slugify(info["cpu_model"])
     return info
-
-
-def _version(module: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        dist = {"exvae_fast": "exvae-fast", "faiss": "faiss-cpu"}.get(module, module)
-        try:
-            return version(dist)
-        except Exception:  # noqa: BLE001
-            return getattr(importlib.import_module(module), "__version__", None)
-    except Exception:  # noqa: BLE001
-        return None

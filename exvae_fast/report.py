@@ -8,6 +8,7 @@ import torch
 
 from .evaluation import (active_units, bits_per_dim, evaluate_elbo, knn_classification_error, log_likelihood,
                          retrieval_gap, summarize_gap)
+from .environment import environment_record
 from .generation import exemplar_conditioned_samples, sample_images
 from .models import LatentVariableModel
 from .priors import ExemplarPrior
@@ -86,6 +87,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
                                                          batch_size=cfg.train.eval_batch_size,
                                                          progress=progress)
     metrics["seconds"] = time.perf_counter() - start
+    metrics["environment"] = environment_record(cfg.train.device)
     write_json(files.final_metrics, metrics)
     if pictures:
         write_pictures(files, cfg, model, data)

@@ -29,6 +29,7 @@ def test_train_writes_the_run_folder(run_dir):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dataset"] == "mnist-5k" and metrics["num_points"] == 500
+    assert metrics["environment"]["device"]["type"] == "cpu" and metrics["environment"]["torch"]
     assert metrics["elbo"] == pytest.approx(-(metrics["kl"] + metrics["neg_recon"]))
     assert metrics["log_likelihood"] >= metrics["elbo"] - 5.0  # IWAE bound is at least as tight (noise aside)
     assert 0 <= metrics["active_units"] <= 40

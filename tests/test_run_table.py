@@ -59,8 +59,9 @@ def test_runs_repeating_one_experiment_are_averaged(study):
     runs = find_runs([parent])
     assert len(runs) == 9 and sum(r.metrics is None for r in runs) == 1
     experiments = {(e.dataset, e.label): e for e in group_experiments(runs)}
-    assert sorted(experiments) == [("mnist-5k", "Exemplar VAE (retrieval, k=10)"), ("mnist-5k", "VAE w/ Gaussian prior"),
-                                   ("mnist-5k", "VAE w/ VampPrior (500)"), ("synthetic", "VAE w/ Gaussian prior")]
+    assert sorted(experiments) == [
+        ("mnist-5k", "Exemplar VAE (retrieval, k=10)"), ("mnist-5k", "VAE w/ Gaussian prior"),
+        ("mnist-5k", "VAE w/ VampPrior (500)"), ("synthetic", "VAE w/ Gaussian prior")]
     vamp = experiments[("mnist-5k", "VAE w/ VampPrior (500)")]
     assert len(vamp.runs) == 2  # device and backend do not make another experiment
     records = {(r["dataset"], r["label"], r["metric"]): r for r in long_records(runs)}

@@ -41,6 +41,8 @@ def test_resume_equals_uninterrupted(tmp_path, prior):
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+    sessions = json.loads((tmp_path / "resumed" / "environment.json").read_text())["sessions"]
+    assert [(s["event"], s["epoch"]) for s in sessions] == [("start", 0), ("resume", 1)]
     log = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     straight_log = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2, 3]
@@ -88,6 +90,9 @@ def test_logs_config_and_checkpoint_contents(tmp_path):
         assert key in record
     assert record["beta"] == 0.5
     assert json.loads((run / "config.json").read_text())["data"]["synthetic_size"] == 300
+    (session,) = json.loads((run / "environment.json").read_text())["sessions"]
+    assert session["torch"] == torch.__version__ and session["device"]["type"] == "cpu"
+    assert session["world_size"] == 1 and session["backends"]["knn_search"]["auto"] == "torch"
     ckpt = load_checkpoint(run / "checkpoint_last.pt")
     assert {"model", "optimizer", "rng", "epoch", "config"} <= ckpt.keys()
     assert "prior.cache.means" in ckpt["model"] and "prior.exemplars" not in ckpt["model"]
@@ -104,6 +109,8 @@ def test_a_finished_run_is_never_silently_replaced(tmp_path):
     assert ((run / "checkpoint_last.pt").read_bytes(), (run / "metrics.jsonl").read_text()) == before
     summary = again.fit(overwrite=True)
     assert summary.epochs_completed == 1
+    sessions = json.loads((run / "environment.json").read_text())["sessions"]
+    assert [s["event"] for s in sessions] == ["start"]  # a replaced run's history goes with it
     assert load_checkpoint(run / "checkpoint_last.pt")["config"]["train"]["seed"] == 1
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
 

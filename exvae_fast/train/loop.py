@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import DataSplits
+from ..environment import environment_record
 from ..evaluation import evaluate_elbo, evaluation_mode
 from ..models import LatentVariableModel
 from ..priors import ExemplarPrior
@@ -25,7 +26,7 @@ from .config import RunConfig, config_from_dict, config_to_dict, save_config_jso
 from .ddp import (all_finite, epoch_order, full_state_dict, gather_objects, join, mean_across,
                   rank_batches, shard_model, sum_across)
 from .optim import NormalizedAdam
-from .run_files import RunFiles, append_jsonl, truncate_jsonl
+from .run_files import RunFiles, append_jsonl, truncate_jsonl, write_json
 
 
 class TrainingDiverged(RuntimeError):
@@ -169,6 +170,7 @@ class Trainer:
             refresh_exemplar_cache(self.model, self.cfg.train.eval_batch_size)  # Algorithm 1: fill the cache
         if main:
             save_config_json(self.cfg, self.files.config)
+            self._record_environment(resume)
         t = self.cfg.train
         stopped_early = self.state.bad_epochs >= t.early_stopping_patience
         try:
@@ -186,6 +188,21 @@ class Trainer:
         s = self.state
         return TrainSummary(self.files.root, s.epoch, s.best_epoch, s.best_val_elbo, stopped_early,
                             time.perf_counter() - start)
+
+    def _record_environment(self, resume: bool) -> None:
+        """Append this start's or resume's versions, device and backends to environment.json
+        (one record per session, so a run resumed elsewhere says so; a fresh start begins a
+        new list). Provenance only: an unreadable earlier file is started afresh."""
+        path = self.files.environment
+        sessions = []
+        if resume and path.is_file():
+            try:
+                sessions = list(json.loads(path.read_text(encoding="utf-8"))["sessions"])
+            except (OSError, ValueError, KeyError, TypeError):
+                sessions = []
+        sessions.append({"event": "resume" if resume else "start", "epoch": self.state.epoch,
+                         "world_size": self.team.world, **environment_record(self.device)})
+        write_json(path, {"sessions": sessions})
 
     def _batches(self) -> list[torch.Tensor]:
         """This process's rows of each step of the epoch (all of each batch when alone)."""

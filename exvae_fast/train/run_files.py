@@ -32,6 +32,10 @@ class RunFiles:
         return self.root / "metrics.jsonl"
 
     @property
+    def environment(self) -> Path:
+        return self.root / "environment.json"
+
+    @property
     def final_metrics(self) -> Path:
         return self.root / "metrics.json"
 
