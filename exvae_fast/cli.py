@@ -241,25 +241,17 @@ def _check_split(split: str) -> None:
         raise ValueError(f"--split: expected one of {DATA_SPLITS}, got {split!r}")
 
 
-def _pick_rows(num_rows: int, n: int | None, seed: int) -> torch.Tensor:
-    """n distinct row indices drawn at random (seeded), or all rows in order when n is None."""
-    if n is None:
-        return torch.arange(num_rows)
-    torch.manual_seed(seed)
-    return torch.randperm(num_rows)[:n]
-
-
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     from .evaluation import encode_means, nearest_neighbours
     from .plots import save_image_grid
-    from .report import load_trained
+    from .report import load_trained, pick_rows
 
     _check_split(args.split)
     if args.n < 1 or args.k < 1:
         raise ValueError("--n and --k: expected positive integers")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
     pool = getattr(data, args.split)
-    picks = _pick_rows(pool.shape[0], args.n, args.seed)
+    picks = pick_rows(pool.shape[0], args.n, args.seed)
     queries = pool[picks]
     exclude = picks if args.split == "train" else None
     keys = encode_means(model, data.train, cfg.train.eval_batch_size)
@@ -279,11 +271,8 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .data import CLASS_NAMES
-    from .evaluation import embed_2d, encode_means
     from .evaluation.embedding import METHODS
-    from .plots import plot_embedding
-    from .report import load_trained
+    from .report import latent_picture, load_trained
 
     _check_split(args.split)
     if args.method not in METHODS:
@@ -292,22 +281,20 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--n: expected at least 2 points, got {args.n}")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
     pool, labels = getattr(data, args.split), getattr(data, f"{args.split}_labels")
-    picks = _pick_rows(pool.shape[0], args.n, args.seed)
-    means = encode_means(model, pool[picks], cfg.train.eval_batch_size)
-    coords = embed_2d(means, args.method, perplexity=args.perplexity, seed=args.seed)
-    picked_labels = None if labels is None else labels[picks]
     method = "t-SNE" if args.method == "tsne" else "PCA"
-    plot_embedding(coords, args.out, picked_labels, CLASS_NAMES.get(data.name),
-                   title=f"{method} of the posterior means: {cfg.name}, {picks.numel()} {args.split} points")
+    count = pool.shape[0] if args.n is None else min(args.n, pool.shape[0])
+    picks, coords = latent_picture(model, pool, labels, args.out, dataset=data.name, method=args.method, n=args.n,
+                                   perplexity=args.perplexity, seed=args.seed, batch_size=cfg.train.eval_batch_size,
+                                   title=f"{method} of the posterior means: {cfg.name}, {count} {args.split} points")
     if args.json is not None:
         from .train.run_files import write_json
 
         write_json(args.json, {"run_dir": str(args.run_dir), "checkpoint": args.checkpoint, "split": args.split,
                                "method": args.method, "perplexity": args.perplexity, "seed": args.seed,
                                "indices": picks.tolist(), "coords": coords.tolist(),
-                               "labels": None if picked_labels is None else picked_labels.tolist()})
+                               "labels": None if labels is None else labels[picks].tolist()})
     print(f"wrote {args.out}: {method} of {picks.numel()} {args.split} posterior means"
-          f"{'' if picked_labels is None else ', coloured by label'}")
+          f"{'' if labels is None else ', coloured by label'}")
     return 0
 
 

@@ -1,18 +1,20 @@
 """Evaluate a trained run folder and write its report: metrics JSON and pictures."""
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
 import torch
 
-from .evaluation import (active_units, bits_per_dim, evaluate_elbo, knn_classification_error, log_likelihood,
-                         retrieval_gap, summarize_gap)
+from .data import CLASS_NAMES
+from .evaluation import (active_units, bits_per_dim, embed_2d, encode_means, evaluate_elbo, knn_classification_error,
+                         log_likelihood, retrieval_gap, summarize_gap)
 from .environment import environment_record
 from .generation import exemplar_conditioned_samples, sample_images
 from .models import LatentVariableModel
 from .priors import ExemplarPrior
-from .plots import plot_training_curves, read_jsonl, save_image_grid
+from .plots import plot_embedding, plot_training_curves, read_jsonl, save_image_grid
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
 from .train.config import RunConfig
@@ -25,6 +27,7 @@ EXEMPLAR_ROWS = 10  # exemplars shown in the exemplar-conditioned grid, each wit
 GAP_KS = (1, 5, 10, 50)  # neighbour counts of the retrieval gap (plus the prior's own k)
 KNN_KS = (1, 3, 5, 10)  # neighbour counts of the latent kNN classification (labelled data sets)
 GAP_TRAIN_ROWS = 2000  # training rows (evenly spaced, each leaving itself out) it is measured on
+LATENT_POINTS = 2000  # test points in the latent-space picture evaluation draws for labelled data
 
 
 def load_trained(run_dir: str | Path, checkpoint: str = "best",
@@ -110,8 +113,39 @@ def retrieval_gap_metrics(model: LatentVariableModel, x: torch.Tensor, train: to
                                                  progress=progress))}
 
 
+def pick_rows(num_rows: int, n: int | None, seed: int) -> torch.Tensor:
+    """n distinct row indices drawn at random (seeded, global RNG untouched), or all rows in
+    order when n is None."""
+    if n is None:
+        return torch.arange(num_rows)
+    return torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def latent_picture(model: LatentVariableModel, images: torch.Tensor, labels: torch.Tensor | None,
+                   path: str | Path, *, dataset: str, method: str = "tsne", n: int | None = None,
+                   perplexity: float = 30.0, seed: int = 0, batch_size: int = 500,
+                   title: str = "Latent space") -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw the posterior means of n random rows of images [N, D] (all when n is None) in 2-D
+    (`embed_2d`), coloured by labels [N] when given, into a PNG; returns (row indices [n],
+    coordinates [n, 2])."""
+    picks = pick_rows(images.shape[0], n, seed)
+    means = encode_means(model, images[picks], batch_size)
+    coords = embed_2d(means, method, perplexity=perplexity, seed=seed)
+    plot_embedding(coords, path, None if labels is None else labels[picks], CLASS_NAMES.get(dataset), title)
+    return picks, coords
+
+
+def automatic_latent_method(points: int, perplexity: float = 30.0) -> str:
+    """t-SNE where scikit-learn is installed and there are enough points for its perplexity,
+    else PCA."""
+    has_sklearn = importlib.util.find_spec("sklearn") is not None
+    return "tsne" if has_sklearn and points > 3 * perplexity else "pca"
+
+
 def write_pictures(files: RunFiles, cfg: RunConfig, model: LatentVariableModel, data) -> None:
-    """loss_curve.png (if a metrics log exists), samples.png and exemplar_samples.png."""
+    """loss_curve.png (if a metrics log exists), samples.png, exemplar_samples.png and, for
+    labelled data, latent_tsne.png (or latent_pca.png without scikit-learn): LATENT_POINTS
+    test points' posterior means coloured by label."""
     if files.metrics_log.exists():
         plot_training_curves(read_jsonl(files.metrics_log), files.loss_curve)
     shape = model.input_shape
@@ -122,3 +156,9 @@ def write_pictures(files: RunFiles, cfg: RunConfig, model: LatentVariableModel, 
     conditioned = exemplar_conditioned_samples(model, exemplars, EXEMPLAR_ROWS)  # [E, n, D]
     grid = torch.cat([exemplars.unsqueeze(1), conditioned], dim=1)  # exemplar first in each row
     save_image_grid(grid.cpu(), shape, files.exemplar_samples)
+    if data.test_labels is not None:
+        points = min(LATENT_POINTS, data.test.shape[0])
+        method = automatic_latent_method(points)
+        latent_picture(model, data.test, data.test_labels, files.root / f"latent_{method}.png", dataset=data.name,
+                       method=method, n=points, batch_size=cfg.train.eval_batch_size,
+                       title=f"{'t-SNE' if method == 'tsne' else 'PCA'} of {points} test posterior means: {cfg.name}")

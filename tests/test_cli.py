@@ -25,7 +25,7 @@ def run_dir(tmp_path_factory):
 
 def test_train_writes_the_run_folder(run_dir):
     for name in ("config.json", "checkpoint_best.pt", "checkpoint_last.pt", "metrics.jsonl", "metrics.json",
-                 "loss_curve.png", "samples.png", "exemplar_samples.png"):
+                 "loss_curve.png", "samples.png", "exemplar_samples.png", "latent_tsne.png"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["dataset"] == "mnist-5k" and metrics["num_points"] == 500
