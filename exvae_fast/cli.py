@@ -19,6 +19,20 @@ SAMPLE_KINDS = ("unconditional", "exemplar", "iterative")
 DATA_SPLITS = ("test", "val", "train")
 
 
+def _trained_run_parser(sub, name: str, help: str, seeded: bool = True) -> argparse.ArgumentParser:
+    """A command that reads a trained run folder: RUN_DIR, --checkpoint, --device, --data-root
+    (and --seed)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--checkpoint", default="best", help="best or last")
+    p.add_argument("--device", help="use this device instead of the run's (cpu, cuda, cuda:1)")
+    p.add_argument("--data-root", help="where the data set's raw files are now, when not where the run "
+                   "was trained (config data.root)")
+    if seeded:
+        p.add_argument("--seed", type=int, default=0)
+    return p
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: train, evaluate, sample, augment, retrieve.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,36 +62,26 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-eval", action="store_true", help="skip the final test evaluation and pictures")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ev = sub.add_parser("evaluate", help="evaluate a run folder: ELBO, KL/reconstruction, IWAE log-likelihood")
-    ev.add_argument("run_dir", type=Path)
-    ev.add_argument("--checkpoint", default="best", help="best or last")
+    ev = _trained_run_parser(sub, "evaluate", seeded=False,
+                             help="evaluate a run folder: ELBO, KL/reconstruction, IWAE log-likelihood")
     ev.add_argument("--split", default="test", help="test or val")
     ev.add_argument("--iw-samples", type=int, help="importance samples per point (default: the run's config)")
-    ev.add_argument("--device", help="evaluate on this device instead of the run's")
     ev.add_argument("--no-pictures", action="store_true")
     ev.add_argument("--no-progress", action="store_true")
 
-    sa = sub.add_parser("sample", help="draw samples from a trained run into a PNG grid")
-    sa.add_argument("run_dir", type=Path)
+    sa = _trained_run_parser(sub, "sample", help="draw samples from a trained run into a PNG grid")
     sa.add_argument("--kind", default="unconditional", help=f"one of {', '.join(SAMPLE_KINDS)}")
     sa.add_argument("--n", type=int, default=10, help="rows (exemplars / chains); 100 images for unconditional")
     sa.add_argument("--per-row", type=int, default=10, help="samples per exemplar, or steps of iterative generation")
     sa.add_argument("--from-noise", action="store_true", help="iterative generation starting from uniform noise")
     sa.add_argument("--out", type=Path, required=True, help="output PNG")
-    sa.add_argument("--checkpoint", default="best")
-    sa.add_argument("--device")
-    sa.add_argument("--seed", type=int, default=0)
 
-    au = sub.add_parser("augment", help="write exemplar-conditioned samples of the training set (.npz)")
-    au.add_argument("run_dir", type=Path)
+    au = _trained_run_parser(sub, "augment", help="write exemplar-conditioned samples of the training set (.npz)")
     au.add_argument("--per-example", type=int, default=1, help="samples per training image")
     au.add_argument("--out", type=Path, required=True, help="output .npz (images uint8, labels)")
-    au.add_argument("--checkpoint", default="best")
-    au.add_argument("--device")
-    au.add_argument("--seed", type=int, default=0)
 
-    re_ = sub.add_parser("retrieve", help="draw images next to their nearest training images in the latent space")
-    re_.add_argument("run_dir", type=Path)
+    re_ = _trained_run_parser(sub, "retrieve",
+                              help="draw images next to their nearest training images in the latent space")
     re_.add_argument("--split", default="test", help="where the query images come from: test, val or train "
                      "(a training image never retrieves itself)")
     re_.add_argument("--n", type=int, default=10, help="query images (rows), drawn at random")
@@ -85,22 +89,15 @@ def _build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--out", type=Path, required=True, help="output PNG: each row a query and its k neighbours")
     re_.add_argument("--json", type=Path, help="also write the query indices, neighbour indices (into the "
                      "training split) and squared latent distances to this JSON file")
-    re_.add_argument("--checkpoint", default="best")
-    re_.add_argument("--device")
-    re_.add_argument("--seed", type=int, default=0)
 
-    em = sub.add_parser("embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior means), "
+    em = _trained_run_parser(sub, "embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior means), "
                         "coloured by label (paper Figure 5)")
-    em.add_argument("run_dir", type=Path)
     em.add_argument("--split", default="test", help="test, val or train")
     em.add_argument("--n", type=int, help="points drawn at random from the split (default: all of it)")
     em.add_argument("--method", default="tsne", help="tsne (needs scikit-learn: pip install 'exvae-fast[viz]') or pca")
     em.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
     em.add_argument("--out", type=Path, required=True, help="output PNG")
     em.add_argument("--json", type=Path, help="also write the point indices, labels and 2-D coordinates")
-    em.add_argument("--checkpoint", default="best")
-    em.add_argument("--device")
-    em.add_argument("--seed", type=int, default=0)
 
     ta = sub.add_parser("table", help="paper-style tables (mean ± std over seeds) of evaluated run folders")
     ta.add_argument("runs", type=Path, nargs="+", help="run folders, or folders searched for run folders")
@@ -191,7 +188,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import evaluate_run
 
     _print_metrics(evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split,
-                                iw_samples=args.iw_samples, device=args.device,
+                                iw_samples=args.iw_samples, device=args.device, data_root=args.data_root,
                                 pictures=not args.no_pictures, progress=not args.no_progress))
     return 0
 
@@ -205,7 +202,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--kind: expected one of {SAMPLE_KINDS}, got {args.kind!r}")
     if args.n < 1 or args.per_row < 1:
         raise ValueError("--n and --per-row: expected positive integers")
-    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     torch.manual_seed(args.seed)
     device = cfg.train.device
     picks = torch.randperm(data.train.shape[0])[: args.n]
@@ -227,7 +224,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     from .generation import augment_dataset, save_augmented
     from .report import load_trained
 
-    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     torch.manual_seed(args.seed)
     images, labels = augment_dataset(model, data.train.to(cfg.train.device), data.train_labels,
                                      args.per_example, batch_size=cfg.train.eval_batch_size)
@@ -249,7 +246,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     _check_split(args.split)
     if args.n < 1 or args.k < 1:
         raise ValueError("--n and --k: expected positive integers")
-    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool = getattr(data, args.split)
     picks = pick_rows(pool.shape[0], args.n, args.seed)
     queries = pool[picks]
@@ -279,7 +276,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--method: expected one of {METHODS}, got {args.method!r}")
     if args.n is not None and args.n < 2:
         raise ValueError(f"--n: expected at least 2 points, got {args.n}")
-    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device)
+    cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool, labels = getattr(data, args.split), getattr(data, f"{args.split}_labels")
     method = "t-SNE" if args.method == "tsne" else "PCA"
     count = pool.shape[0] if args.n is None else min(args.n, pool.shape[0])

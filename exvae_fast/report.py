@@ -17,7 +17,7 @@ from .priors import ExemplarPrior
 from .plots import plot_embedding, plot_training_curves, read_jsonl, save_image_grid
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
-from .train.config import RunConfig
+from .train.config import RunConfig, apply_overrides
 from .train.loop import load_run_config, refresh_exemplar_cache, seed_everything
 from .train.run_files import RunFiles, write_json
 
@@ -30,13 +30,18 @@ GAP_TRAIN_ROWS = 2000  # training rows (evenly spaced, each leaving itself out) 
 LATENT_POINTS = 2000  # test points in the latent-space picture evaluation draws for labelled data
 
 
-def load_trained(run_dir: str | Path, checkpoint: str = "best",
-                 device: str | None = None) -> tuple[RunConfig, LatentVariableModel, object, dict]:
-    """(config, model with weights and a fresh exemplar cache, data splits, checkpoint dict)."""
+def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str | None = None,
+                 data_root: str | Path | None = None) -> tuple[RunConfig, LatentVariableModel, object, dict]:
+    """(config, model with weights and a fresh exemplar cache, data splits, checkpoint dict).
+
+    device: load onto this device instead of the run's; data_root: read the data set from
+    here instead of the run's data.root (a run moved to another machine)."""
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint: expected one of {CHECKPOINTS}, got {checkpoint!r}")
     files = RunFiles(Path(run_dir))
     cfg = load_run_config(run_dir)
+    if data_root is not None:
+        cfg = apply_overrides(cfg, [f"data.root={data_root}"])
     if device is not None:
         cfg.train.device = device
     data = load_data(cfg)
@@ -50,7 +55,7 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best",
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = "test",
-                 iw_samples: int | None = None, device: str | None = None,
+                 iw_samples: int | None = None, device: str | None = None, data_root: str | Path | None = None,
                  pictures: bool = True, progress: bool = True) -> dict:
     """Test ELBO (KL / reconstruction), importance-weighted log-likelihood, active units,
     bits/dim for discretised-logistic data, the kNN classification error of the posterior
@@ -61,7 +66,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     start = time.perf_counter()
     files = RunFiles(Path(run_dir))
-    cfg, model, data, ckpt = load_trained(run_dir, checkpoint, device)
+    cfg, model, data, ckpt = load_trained(run_dir, checkpoint, device, data_root)
     seed_everything(cfg.train.seed)
     x = data.test if split == "test" else data.val
     samples = cfg.eval.iw_samples if iw_samples is None else iw_samples

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import subprocess
 import sys
 
@@ -128,3 +129,28 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys):
 def test_module_entry_point_prints_help():
     out = subprocess.run([sys.executable, "-m", "exvae_fast", "--help"], capture_output=True, text=True, check=True)
     assert "train" in out.stdout and "augment" in out.stdout
+
+
+def test_a_run_whose_data_moved_is_read_with_data_root(tmp_path, capsys):
+    images = np.random.default_rng(0).integers(0, 256, (500, 560), dtype=np.uint8)
+    (tmp_path / "was").mkdir()
+    (tmp_path / "was" / "freyfaces.pkl").write_bytes(pickle.dumps([images], protocol=2))
+    assert main(["train", "--set", "data.name=frey-faces", "--set", f"data.root={tmp_path / 'was'}",
+                 "--set", "model.name=vae", "--set", "prior.name=standard", "--name", "frey",
+                 "--out-dir", str(tmp_path / "runs"), "--no-eval", *SHORT]) == 0
+    (tmp_path / "was").rename(tmp_path / "now")
+    run = str(tmp_path / "runs" / "frey")
+    assert main(["evaluate", run, "--iw-samples", "2", "--no-pictures", "--no-progress"]) == 2
+    assert "freyfaces.pkl" in capsys.readouterr().err  # the old place is named
+    assert main(["evaluate", run, "--iw-samples", "2", "--no-pictures", "--no-progress",
+                 "--data-root", str(tmp_path / "now")]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+    out = tmp_path / "s.png"
+    assert main(["sample", run, "--n", "2", "--per-row", "2", "--out", str(out), "--data-root",
+                 str(tmp_path / "now")]) == 0 and out.is_file()
+
+
+def test_data_root_for_an_embedded_data_set_is_refused(run_dir, tmp_path, capsys):
+    assert main(["embed", str(run_dir), "--method", "pca", "--out", str(tmp_path / "x.png"),
+                 "--data-root", str(tmp_path)]) == 2
+    assert "takes no root" in capsys.readouterr().err
