@@ -3,7 +3,8 @@
 Each run folder holds config.json (written by `exvae train`) and, once evaluated,
 metrics.json (`exvae evaluate`). Runs that differ only in their seed, their name and
 folder, or settings that do not change the model (device, ops backend, batch sizes of
-evaluation, data location) are repetitions of one experiment: their metrics are averaged
+evaluation, data location; for your own "array" data the file is the data set) are
+repetitions of one experiment: their metrics are averaged
 (mean ± sample standard deviation over the runs, as in the paper's tables). Rows are
 named as in the paper ("VAE w/ VampPrior (500)", "Exemplar ConvHVAE"), one column per
 data set, one table per metric. When two experiments on one data set would get the same
@@ -144,8 +145,12 @@ def group_experiments(runs: Sequence[Run]) -> list[Experiment]:
             continue
         settings = {k: v for k, v in run.config.items() if k not in NOT_EXPERIMENT_SETTINGS}
         settings.update({f"eval.{k}": run.metrics.get(k) for k in EVALUATION_KEYS})
+        dataset = run.config["data.name"]
+        if dataset == "array":  # your own images: the file is the data set
+            settings["data.root"] = run.config["data.root"]
+            dataset = f"array: {Path(str(run.config['data.root'])).name}"
         key = json.dumps(settings, sort_keys=True)
-        groups.setdefault(key, Experiment(run.config["data.name"], settings)).runs.append(run)
+        groups.setdefault(key, Experiment(dataset, settings)).runs.append(run)
     experiments = list(groups.values())
     for e in experiments:
         e.runs.sort(key=lambda r: (r.config["train.seed"], str(r.path)))

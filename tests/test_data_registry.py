@@ -9,7 +9,7 @@ from exvae_fast.data import DATASET_NAMES, DataSplits, load_dataset
 
 def test_dataset_names():
     assert DATASET_NAMES == ("mnist-5k", "mnist", "fashion-mnist", "omniglot", "celeba",
-                             "frey-faces", "synthetic")
+                             "frey-faces", "synthetic", "array")
 
 
 def test_unknown_name_lists_accepted_names():

@@ -115,6 +115,17 @@ def test_evaluation_settings_are_part_of_an_experiment(tmp_path):
     assert labels == ["VAE w/ Gaussian prior [eval.iw_samples=1000]", "VAE w/ Gaussian prior [eval.iw_samples=5000]"]
 
 
+def test_own_data_sets_are_told_apart_by_their_file(tmp_path):
+    for i, root in enumerate(["/data/a/faces.npz", "/data/b/faces.npz", "/elsewhere/shoes.npz"]):
+        make_run(tmp_path, f"r{i}", ["prior.name=standard", "data.name=array", f"data.root={root}"],
+                 metrics_of(-100.0 - i))
+    experiments = group_experiments(find_runs([tmp_path]))
+    assert sorted((e.dataset, e.label) for e in experiments) == [
+        ("array: faces.npz", "VAE w/ Gaussian prior [data.root=/data/a/faces.npz]"),
+        ("array: faces.npz", "VAE w/ Gaussian prior [data.root=/data/b/faces.npz]"),
+        ("array: shoes.npz", "VAE w/ Gaussian prior")]
+
+
 def test_prior_row_names(tmp_path):
     make_run(tmp_path, "a", ["model.name=convhvae", "prior.name=vamp", "prior.num_components=1000",
                              "prior.components_per_step=200"], metrics_of(-90.0))

@@ -10,6 +10,8 @@
 | frey-faces    | freyfaces.pkl (or a folder holding it) | n_validation (200), n_test (200)          |
 | synthetic     | none (generated)                       | size (50000), input_shape ((1, 28, 28)),  |
 |               |                                        | likelihood ("bernoulli"; or "logistic")   |
+| array         | your images: an .npz file (or a folder | n_validation, n_test (a tenth each, when  |
+|               | holding data.npz); see data/arrays.py  | the file has no such split), likelihood   |
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from .arrays import load_array_dataset
 from .celeba import load_celeba
 from .freyfaces import load_freyfaces
 from .mnist import load_idx_dataset
@@ -47,6 +50,7 @@ _READERS: dict[str, _Reader] = {
     "celeba": _Reader(load_celeba, True, False, ("num_bits", "limit")),
     "frey-faces": _Reader(load_freyfaces, True, True, ("n_validation", "n_test")),
     "synthetic": _Reader(load_synthetic, False, True, ("size", "input_shape", "likelihood")),
+    "array": _Reader(load_array_dataset, True, True, ("n_validation", "n_test", "likelihood")),
 }
 
 DATASET_NAMES: tuple[str, ...] = tuple(_READERS)

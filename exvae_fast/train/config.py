@@ -23,7 +23,7 @@ from typing import Any
 
 from ..atomic_io import atomic_write_text
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "omniglot", "celeba", "frey-faces", "synthetic")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "omniglot", "celeba", "frey-faces", "synthetic", "array")
 EMBEDDED_DATASETS = ("mnist-5k", "synthetic")  # take no data.root (exvae_fast.data.load_dataset)
 MODELS = ("vae", "hvae", "convhvae", "pixelhvae", "celeba")
 LIKELIHOODS = ("bernoulli", "logistic")
@@ -47,6 +47,10 @@ class DataConfig:
     root: str | None = None  # path of the raw data; required, except None for mnist-5k / synthetic
     synthetic_size: int = 50000  # rows, for name == "synthetic"
     num_bits: int = 8  # CelebA colour depth: 8 or 5
+    # "array" (your own .npz, exvae_fast/data/arrays.py): sizes of the validation / test splits
+    # carved from its train images when the file holds none; None = a tenth each
+    n_validation: int | None = None
+    n_test: int | None = None
 
 
 @dataclass
@@ -201,6 +205,12 @@ def validate_config(cfg: RunConfig) -> None:
         raise ConfigError(f"data.root: data set {d.name!r} takes no root, got {d.root!r} (use data.root=none)")
     _at_least("data.synthetic_size", d.synthetic_size, 1)
     _choice("data.num_bits", d.num_bits, NUM_BITS)
+    for key in ("n_validation", "n_test"):
+        if getattr(d, key) is not None:
+            if d.name != "array":
+                raise ConfigError(f"data.{key}: only for data.name='array' (the paper's data sets keep their "
+                                  f"published splits), got data.name={d.name!r}")
+            _at_least(f"data.{key}", getattr(d, key), 1)
 
     _choice("model.name", m.name, MODELS)
     _at_least("model.latent_dim", m.latent_dim, 1)
