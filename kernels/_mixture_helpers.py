@@ -123,6 +123,19 @@ def _safe(m):
     return tl.where(m == float("-inf"), 0.0, m)
 
 
+@triton.jit
+def _empty_state(BLOCK_B: tl.constexpr, D_PAD: tl.constexpr):
+    """The online-logsumexp state of BLOCK_B rows before any component: running max m = -inf,
+    sums s = q = 0, acc = 0 [BLOCK_B, D_PAD], and the log-weight normaliser's (wm, ws)."""
+    m = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_B], tl.float32)
+    q = tl.zeros([BLOCK_B], tl.float32)
+    acc = tl.zeros([BLOCK_B, D_PAD], tl.float32)
+    wm = tl.full([BLOCK_B], float("-inf"), tl.float32)
+    ws = tl.zeros([BLOCK_B], tl.float32)
+    return m, s, q, acc, wm, ws
+
+
 @triton.jit(do_not_specialize=["B", "N", "CHUNK", "B_KEY", "N_KEY"])
 def mixture_forward_partial_kernel(
         z_ptr, mu_ptr, c_ptr, lv_ptr, excl_ptr, lw_ptr,  # inputs
@@ -148,12 +161,7 @@ def mixture_forward_partial_kernel(
         excl = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
     else:
         excl = tl.full([BLOCK_B], -1, tl.int64)
-    m = tl.full([BLOCK_B], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_B], tl.float32)
-    q = tl.zeros([BLOCK_B], tl.float32)
-    acc = tl.zeros([BLOCK_B, D_PAD], tl.float32)
-    wm = tl.full([BLOCK_B], float("-inf"), tl.float32)
-    ws = tl.zeros([BLOCK_B], tl.float32)
+    m, s, q, acc, wm, ws = _empty_state(BLOCK_B, D_PAD)
     lo = pid_c * CHUNK
     hi = tl.minimum(lo + CHUNK, N)
     for start in range(lo, hi, BLOCK_N):
@@ -211,12 +219,7 @@ def mixture_combine_kernel(
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     dims = tl.arange(0, D_PAD)
     row_ok = rows < B
-    m = tl.full([BLOCK_B], float("-inf"), tl.float32)
-    s = tl.zeros([BLOCK_B], tl.float32)
-    q = tl.zeros([BLOCK_B], tl.float32)
-    acc = tl.zeros([BLOCK_B, D_PAD], tl.float32)
-    wm = tl.full([BLOCK_B], float("-inf"), tl.float32)
-    ws = tl.zeros([BLOCK_B], tl.float32)
+    m, s, q, acc, wm, ws = _empty_state(BLOCK_B, D_PAD)
     for c in range(0, C):
         at = c * B + rows
         m_c = tl.load(m_ptr + at, mask=row_ok, other=float("-inf"))
