@@ -34,7 +34,8 @@ def _trained_run_parser(sub, name: str, help: str, seeded: bool = True) -> argpa
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: train, evaluate, sample, augment, retrieve.")
+    parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: download data, train, evaluate, "
+                                     "sample, augment, retrieve, embed, tabulate, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     dl = sub.add_parser("download", help="fetch a data set's raw files (checked) into a folder")
@@ -90,8 +91,8 @@ def _build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--json", type=Path, help="also write the query indices, neighbour indices (into the "
                      "training split) and squared latent distances to this JSON file")
 
-    em = _trained_run_parser(sub, "embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior means), "
-                        "coloured by label (paper Figure 5)")
+    em = _trained_run_parser(sub, "embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior "
+                             "means), coloured by label (paper Figure 5)")
     em.add_argument("--split", default="test", help="test, val or train")
     em.add_argument("--n", type=int, help="points drawn at random from the split (default: all of it)")
     em.add_argument("--method", default="tsne", help="tsne (needs scikit-learn: pip install 'exvae-fast[viz]') or pca")
