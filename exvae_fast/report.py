@@ -59,9 +59,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
                  pictures: bool = True, progress: bool = True) -> dict:
     """Test ELBO (KL / reconstruction), importance-weighted log-likelihood, active units,
     bits/dim for discretised-logistic data, the kNN classification error of the posterior
-    means for labelled data sets, the retrieval gap for an exemplar prior; writes
-    metrics.json and, with `pictures`, the loss curve, a sample grid and an
-    exemplar-conditioned grid. Returns the metrics."""
+    means for labelled data sets, the retrieval gap for an exemplar prior, and the
+    environment it ran in; writes metrics.json and, with `pictures`, `write_pictures`'s
+    PNGs. Returns the metrics."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     start = time.perf_counter()
