@@ -222,6 +222,7 @@ def metric_table(experiments: Sequence[Experiment], metric: Metric) -> str | Non
     best = {}
     for d in datasets:
         means = [mean_std(v)[0] for (_, ds), v in cells.items() if ds == d]
+        means = [m for m in means if math.isfinite(m)]  # a diverged run's NaN is shown, never best
         if len(means) > 1:  # nothing to compare in a column with one experiment
             best[d] = (max if metric.higher_is_better else min)(means)
     rows = []

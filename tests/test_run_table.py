@@ -106,6 +106,14 @@ def test_different_settings_are_never_averaged(tmp_path):
     assert labels == ["VAE w/ Gaussian prior [train.lr=0.0005]", "VAE w/ Gaussian prior [train.lr=0.001]"]
 
 
+def test_a_nan_result_is_shown_but_never_best(tmp_path):
+    make_run(tmp_path, "a", ["prior.name=standard"], metrics_of(float("nan")))
+    make_run(tmp_path, "b", ["prior.name=vamp"], metrics_of(-100.0))
+    make_run(tmp_path, "c", ["prior.name=exemplar"], metrics_of(-101.0))
+    table = metric_table(group_experiments(find_runs([tmp_path])), METRIC["log_likelihood"])
+    assert "| VAE w/ Gaussian prior | nan |" in table and "**-100.00**" in table
+
+
 def test_evaluation_settings_are_part_of_an_experiment(tmp_path):
     make_run(tmp_path, "a", ["prior.name=standard"], metrics_of(-100.0))
     b = make_run(tmp_path, "b", ["prior.name=standard", "train.seed=1"], metrics_of(-101.0))
