@@ -7,6 +7,7 @@ numbers are comparable with each other, not with the paper's tables.
     python bench/prior_study.py                          # 4 priors x 1 seed (1-2 h on one CPU thread)
     python bench/prior_study.py --seeds 0 1 2 --priors standard,exemplar-retrieval
     python bench/prior_study.py --epochs 2 --iw-samples 10 --runs-dir /tmp/s --no-write  # smoke
+    python bench/prior_study.py --merge study.json more-priors.json  # one table of both
 
 Every (prior, seed) is one `exvae train` run of configs/mnist-5k-demo.toml (VAE, d = 40,
 batch 100, gradient-normalised Adam 5e-4) with the study's epochs, KL warm-up and early
@@ -42,13 +43,19 @@ PRIORS: dict[str, tuple[str, list[str]]] = {
     "exemplar-exact": ("Exemplar exact (M = 2,000)", ["prior.name=exemplar", "prior.mode=exact"]),
     "exemplar-retrieval": ("Exemplar retrieval k=10", ["prior.name=exemplar", "prior.mode=retrieval",
                                                        "prior.k=10"]),
+    # how few neighbours Algorithm 1 can train with (not in the default set: --priors)
+    "exemplar-retrieval-k1": ("Exemplar retrieval k=1", ["prior.name=exemplar", "prior.mode=retrieval",
+                                                         "prior.k=1"]),
+    "exemplar-retrieval-k3": ("Exemplar retrieval k=3", ["prior.name=exemplar", "prior.mode=retrieval",
+                                                         "prior.k=3"]),
 }
+DEFAULT_PRIORS = ("standard", "vamp500", "exemplar-exact", "exemplar-retrieval")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exvae bench priors", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--priors", default=",".join(PRIORS), help=f"subset of {','.join(PRIORS)}")
+    p.add_argument("--priors", default=",".join(DEFAULT_PRIORS), help=f"subset of {','.join(PRIORS)}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--epochs", type=int, default=400, help="most epochs per run")
     p.add_argument("--warmup-epochs", type=int, default=100, help="KL warm-up (paper: 100)")
@@ -61,7 +68,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/<device>/prior_study-<time>.json)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="DOC",
+                   help="train nothing: merge these results documents (same study settings, other priors or "
+                        "seeds) into one, written to --out (default: a new file beside the first)")
     return p
+
+
+COMPARABLE = ("base_config", "dataset", "epochs", "warmup_epochs", "early_stopping_patience", "steps_per_epoch",
+              "iw_samples", "device")
+"""Study settings that documents must share to be merged into one table."""
+
+
+def merge_documents(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One prior_study document of several measured with the same study settings on the same
+    kind of device: their results in order, each record keeping the time and commit of the
+    document it came from ("measured"); a (prior, seed) measured twice is refused."""
+    if not docs:
+        raise ValueError("--merge: expected at least one document")
+    base = docs[0]
+    results, seen = [], set()
+    for doc in docs:
+        if doc.get("kind") != "prior_study":
+            raise ValueError(f"--merge: expected prior_study documents, got kind {doc.get('kind')!r}")
+        differing = [key for key in COMPARABLE if doc["settings"].get(key) != base["settings"].get(key)]
+        if differing or doc["device"].get("slug") != base["device"].get("slug"):
+            raise ValueError(f"--merge: documents differ in {', '.join(differing) or 'device'}; only runs of "
+                             "one study setting on one kind of device make one table")
+        for record in doc["results"]:
+            key = (record["prior"], record["seed"])
+            if key in seen:
+                raise ValueError(f"--merge: prior {key[0]!r} seed {key[1]} is in more than one document")
+            seen.add(key)
+            measured = record.get("measured") or {"created": doc["created"], "git": doc["device"].get("git")}
+            results.append({**record, "measured": measured})
+    settings = dict(base["settings"])
+    settings["priors"] = list(dict.fromkeys(p for doc in docs for p in doc["settings"]["priors"]))
+    settings["seeds"] = sorted({s for doc in docs for s in doc["settings"]["seeds"]})
+    settings["overrides"] = {k: v for doc in docs for k, v in doc["settings"]["overrides"].items()}
+    merged = common.result_document("prior_study", base["device"], settings, results)
+    merged["merged_from"] = [{"created": doc["created"], "git": doc["device"].get("git"),
+                              "priors": doc["settings"]["priors"], "seeds": doc["settings"]["seeds"]}
+                             for doc in docs]
+    return merged
 
 
 def run_overrides(prior: str, seed: int, args: argparse.Namespace) -> list[str]:
@@ -102,6 +150,12 @@ def train_and_evaluate(prior: str, seed: int, args: argparse.Namespace) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.merge:
+        doc = merge_documents([common.load_document(path) for path in args.merge])
+        out = args.out or common.default_result_path("prior_study", doc["device"], "mnist5k")
+        common.write_json(doc, out)
+        tables.print_report(tables.prior_study_caption(doc), tables.prior_study_table(doc), out)
+        return 0
     priors = [p for p in args.priors.split(",") if p]
     unknown = [p for p in priors if p not in PRIORS]
     if unknown or not priors:

@@ -193,7 +193,8 @@ def skipped_list(doc: dict[str, Any], limit: int = 40) -> str:
     return "\n".join(lines)
 
 
-PRIOR_STUDY_ORDER = ("standard", "vamp500", "exemplar-exact", "exemplar-retrieval")
+PRIOR_STUDY_ORDER = ("standard", "vamp500", "exemplar-exact", "exemplar-retrieval", "exemplar-retrieval-k3",
+                     "exemplar-retrieval-k1")
 
 
 def _group_by(records: list[dict[str, Any]], field: str) -> dict[str, list[dict[str, Any]]]:
@@ -246,7 +247,14 @@ def prior_study_caption(doc: dict[str, Any]) -> str:
     """One paragraph saying what was trained, on what, and how it was evaluated."""
     s = doc["settings"]
     seeds = s.get("seeds") or []
-    return (f"{_measured_on(doc)} VAE (d = 40) "
+    measured = _measured_on(doc)
+    if doc.get("merged_from"):
+        dev = doc["device"]
+        parts = "; ".join(f"{', '.join(m['priors'])} (seeds {m['seeds']}) measured {m['created']} at commit "
+                          f"{str((m.get('git') or {}).get('commit'))[:10]}" for m in doc["merged_from"])
+        measured = (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}; "
+                    f"{len(doc['merged_from'])} documents of these same study settings merged: {parts}.")
+    return (f"{measured} VAE (d = 40) "
             f"on the embedded `{s.get('dataset')}` digits (4,000 train / 500 validation / 500 test), "
             f"`{s.get('base_config')}` with at most {s.get('epochs')} epochs, KL warm-up "
             f"{s.get('warmup_epochs')}, early stopping after {s.get('early_stopping_patience')} epochs "

@@ -234,3 +234,41 @@ def test_prior_and_augment_studies_train_evaluate_resume_and_tabulate(tmp_path, 
     assert cli.main([*argv[:2], "--run", f"real={runs / 'standard-s0'}", "--no-write"]) == 2
     assert cli.main([*argv[:2], "--run", f"x={tmp_path / 'missing'}", "--no-write"]) == 2
     assert cli.main([*argv, "--replace-prob", "2", "--no-write"]) == 2
+
+
+def test_prior_study_documents_merge_into_one_table(common, tmp_path, capsys):
+    study = load_script("prior_study")
+    device = {"name": "CPU: test", "type": "cpu", "slug": "cpu-test", "torch": "x", "git": {"commit": "a" * 40}}
+    settings = {"base_config": "c.toml", "dataset": "mnist-5k", "epochs": 400, "warmup_epochs": 100,
+                "early_stopping_patience": 50, "steps_per_epoch": None, "iw_samples": 1000, "device": "cpu"}
+
+    def doc(priors, seeds, commit, lls):
+        records = [{"prior": p, "prior_label": study.PRIORS[p][0], "seed": s, "log_likelihood": lls[p][s],
+                    "elbo": -100.0, "kl": 20.0, "neg_recon": 80.0, "active_units": 40, "epochs": 400,
+                    "best_epoch": 350, "prior_variance": 0.4} for s in seeds for p in priors]
+        d = common.result_document("prior_study", {**device, "git": {"commit": commit}},
+                                   {**settings, "priors": priors, "seeds": seeds,
+                                    "overrides": {p: study.PRIORS[p][1] for p in priors}}, records)
+        return common.write_json(d, tmp_path / f"{commit[:3]}.json")
+
+    lls = {"exemplar-retrieval": [-95.0, -95.2], "exemplar-retrieval-k1": [-97.0, -97.4]}
+    first = doc(["exemplar-retrieval"], [0, 1], "a" * 40, lls)
+    second = doc(["exemplar-retrieval-k1"], [0, 1], "b" * 40, lls)
+    out = tmp_path / "merged.json"
+    assert cli.main(["bench", "priors", "--merge", str(first), str(second), "--out", str(out)]) == 0
+    merged = json.loads(out.read_text())
+    assert [(r["prior"], r["seed"]) for r in merged["results"]] == [
+        ("exemplar-retrieval", 0), ("exemplar-retrieval", 1),
+        ("exemplar-retrieval-k1", 0), ("exemplar-retrieval-k1", 1)]
+    assert [r["measured"]["git"]["commit"][0] for r in merged["results"]] == ["a", "a", "b", "b"]
+    assert merged["settings"]["priors"] == ["exemplar-retrieval", "exemplar-retrieval-k1"]
+    printed = capsys.readouterr().out
+    assert "| Exemplar retrieval k=1 | -97.20 ± 0.28 (2) |" in printed
+    assert "2 documents of these same study settings merged" in printed and "at commit bbbbbbbbbb" in printed
+    # the same (prior, seed) twice, or another study setting, is refused
+    assert cli.main(["bench", "priors", "--merge", str(first), str(first), "--out", str(out)]) == 2
+    other = json.loads(second.read_text())
+    other["settings"]["epochs"] = 10
+    common.write_json(other, tmp_path / "other.json")
+    assert cli.main(["bench", "priors", "--merge", str(first), str(tmp_path / "other.json"), "--out", str(out)]) == 2
+    assert "differ in epochs" in capsys.readouterr().err
