@@ -60,8 +60,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     """Test ELBO (KL / reconstruction), importance-weighted log-likelihood, active units,
     bits/dim for discretised-logistic data, the kNN classification error of the posterior
     means for labelled data sets, the retrieval gap for an exemplar prior, and the
-    environment it ran in; writes metrics.json and, with `pictures`, `write_pictures`'s
-    PNGs. Returns the metrics."""
+    environment it ran in; writes metrics.json (test split, best checkpoint; else
+    metrics_<split>_<checkpoint>.json) and, with `pictures`, `write_pictures`'s PNGs.
+    Returns the metrics."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     start = time.perf_counter()
@@ -96,7 +97,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
                                                          progress=progress)
     metrics["seconds"] = time.perf_counter() - start
     metrics["environment"] = environment_record(cfg.train.device)
-    write_json(files.final_metrics, metrics)
+    write_json(files.metrics_for(split, checkpoint), metrics)
     if pictures:
         write_pictures(files, cfg, model, data)
     return metrics

@@ -49,6 +49,13 @@ def test_train_writes_the_run_folder(run_dir):
 
 
 def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
+    test_metrics = (run_dir / "metrics.json").read_text()
+    assert main(["evaluate", str(run_dir), "--split", "val", "--checkpoint", "last", "--iw-samples", "2",
+                 "--no-pictures", "--no-progress"]) == 0
+    assert (run_dir / "metrics.json").read_text() == test_metrics  # another split never replaces it
+    val = json.loads((run_dir / "metrics_val_last.json").read_text())
+    assert (val["split"], val["checkpoint"], val["iw_samples"]) == ("val", "last", 2)
+    capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--iw-samples", "4", "--no-pictures", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "log-likelihood (4 importance samples)" in printed

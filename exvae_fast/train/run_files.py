@@ -37,7 +37,15 @@ class RunFiles:
 
     @property
     def final_metrics(self) -> Path:
+        """The test metrics of the best checkpoint (what `exvae train` ends with)."""
         return self.root / "metrics.json"
+
+    def metrics_for(self, split: str, checkpoint: str) -> Path:
+        """metrics.json for the test split of the best checkpoint, else metrics_<split>_<checkpoint>.json,
+        so that evaluating another split or checkpoint never replaces the test metrics."""
+        if (split, checkpoint) == ("test", "best"):
+            return self.final_metrics
+        return self.root / f"metrics_{split}_{checkpoint}.json"
 
     @property
     def loss_curve(self) -> Path:
