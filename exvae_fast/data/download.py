@@ -15,6 +15,7 @@ confirmation); `MANUAL` says where to get it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -138,8 +139,8 @@ def _fetch(remote: RemoteFile, target: Path, check: Callable[[str], None], progr
     for url in remote.urls:
         try:
             atomic_write(target, lambda f, url=url: _stream(url, f, remote, progress, timeout), verify=check)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            failures.append(f"{url}: {err}")
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+            failures.append(f"{url}: {type(err).__name__}: {err}")
             continue
         return
     raise DownloadError(f"could not download {remote.name}; tried " + "; ".join(failures)
