@@ -209,7 +209,13 @@ def _measured_on(doc: dict[str, Any]) -> str:
     """'Device: **name** (type), torch x, commit c, measured t.' of a study document."""
     dev = doc["device"]
     return (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}, commit "
-            f"{str((dev.get('git') or {}).get('commit'))[:10]}, measured {doc['created']}.")
+            f"{_commit(dev.get('git'))}, measured {doc['created']}.")
+
+
+def _commit(git: dict[str, Any] | None) -> str:
+    """'abcdef1234' of a document's git record, '(with uncommitted changes)' when it was dirty."""
+    git = git or {}
+    return str(git.get("commit"))[:10] + (" (with uncommitted changes)" if git.get("dirty") else "")
 
 
 def _knn_errors(runs: list[dict[str, Any]]) -> str:
@@ -251,7 +257,7 @@ def prior_study_caption(doc: dict[str, Any]) -> str:
     if doc.get("merged_from"):
         dev = doc["device"]
         parts = "; ".join(f"{', '.join(m['priors'])} (seeds {m['seeds']}) measured {m['created']} at commit "
-                          f"{str((m.get('git') or {}).get('commit'))[:10]}" for m in doc["merged_from"])
+                          f"{_commit(m.get('git'))}" for m in doc["merged_from"])
         measured = (f"Device: **{dev['name']}** ({dev.get('type')}), torch {dev.get('torch')}; "
                     f"{len(doc['merged_from'])} documents of these same study settings merged: {parts}.")
     return (f"{measured} VAE (d = 40) "
