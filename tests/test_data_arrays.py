@@ -99,3 +99,15 @@ def test_train_an_exemplar_vae_on_your_own_images(tmp_path, capsys):
     assert main(["train", "--set", "data.name=mnist-5k", "--set", "data.n_test=5", "--name", "x",
                  "--out-dir", str(tmp_path / "runs")]) == 2
     assert "only for data.name='array'" in capsys.readouterr().err
+
+
+def test_the_celeba_architecture_takes_your_colour_images(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    np.savez(tmp_path / "faces.npz", train=images)
+    assert main(["train", "--set", "data.name=array", "--set", f"data.root={tmp_path / 'faces.npz'}",
+                 "--set", "model.name=celeba", "--set", "model.latent_dim=8", "--set", "prior.k=3",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "eval.iw_samples=2",
+                 "--set", "eval.num_sample_images=4", "--name", "faces", "--out-dir", str(tmp_path / "runs"),
+                 "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "runs" / "faces" / "metrics.json").read_text())
+    assert metrics["model"] == "celeba" and metrics["bits_per_dim"] > 0

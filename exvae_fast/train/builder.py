@@ -18,7 +18,8 @@ def load_data(cfg: RunConfig) -> DataSplits:
     if cfg.data.name == "celeba":
         options["num_bits"] = cfg.data.num_bits
     if cfg.data.name == "array":  # the model's likelihood decides whether val/test are binarised
-        options.update(n_validation=cfg.data.n_validation, n_test=cfg.data.n_test, likelihood=cfg.model.likelihood)
+        likelihood = "logistic" if cfg.model.name == "celeba" else cfg.model.likelihood  # CelebAVAE's only one
+        options.update(n_validation=cfg.data.n_validation, n_test=cfg.data.n_test, likelihood=likelihood)
     return load_dataset(cfg.data.name, cfg.data.root, seed=cfg.train.seed, **options)
 
 

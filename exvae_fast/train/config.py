@@ -216,10 +216,10 @@ def validate_config(cfg: RunConfig) -> None:
     _at_least("model.latent_dim", m.latent_dim, 1)
     if m.likelihood is not None:
         _choice("model.likelihood", m.likelihood, LIKELIHOODS)
-    if (m.name == "celeba") != (d.name == "celeba"):
+    if (m.name == "celeba") != (d.name == "celeba") and (m.name, d.name) != ("celeba", "array"):
         raise ConfigError(
-            f"model.name: the 'celeba' model and the 'celeba' data set go together, got model "
-            f"{m.name!r} with data {d.name!r}"
+            f"model.name: the 'celeba' model and the 'celeba' data set go together (the model also takes "
+            f"your own 'array' images, H and W multiples of 16), got model {m.name!r} with data {d.name!r}"
         )
 
     _choice("prior.name", p.name, PRIORS)
