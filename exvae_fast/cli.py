@@ -107,6 +107,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--out", type=Path, help="also write the Markdown tables to this file")
     ta.add_argument("--csv", type=Path, help="write one row per (experiment, metric): mean, std, n, seeds, runs")
     ta.add_argument("--json", type=Path, help="the same records as JSON, with each experiment's settings")
+    ta.add_argument("--latex", type=Path, help="the tables as LaTeX (booktabs), for a paper")
 
     be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
     be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks), priors (test log-likelihood "
@@ -298,7 +299,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .atomic_io import atomic_write_text
-    from .run_table import METRIC_KEYS, csv_text, find_runs, long_records, markdown_report
+    from .run_table import METRIC_KEYS, csv_text, find_runs, latex_report, long_records, markdown_report
 
     metrics = METRIC_KEYS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = [m for m in metrics if m not in METRIC_KEYS]
@@ -310,6 +311,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     print(report, end="")
     if args.out is not None:
         atomic_write_text(args.out, report)
+    if args.latex is not None:
+        atomic_write_text(args.latex, latex_report(runs, metrics))
     if args.csv is not None or args.json is not None:
         records = long_records(runs, metrics)
         if args.csv is not None:

@@ -210,12 +210,18 @@ def _dataset_order(experiments: Sequence[Experiment]) -> list[str]:
     return [d for d in DATASETS if d in present] + sorted(present - set(DATASETS))
 
 
-def metric_table(experiments: Sequence[Experiment], metric: Metric) -> str | None:
-    """Markdown table of one metric (rows: labels; columns: data sets), the best mean of each
-    column in bold; None when no run measured it."""
+@dataclass(frozen=True)
+class Cell:
+    """One experiment's values of a metric, and whether its mean is its column's best."""
+
+    values: list[float]
+    best: bool
+
+
+def metric_cells(experiments: Sequence[Experiment], metric: Metric) -> tuple[list[str], list[tuple[str, list]]]:
+    """(data sets, rows (label, [Cell or None per data set])) of one metric; the best finite
+    mean of a column with more than one experiment is marked; ([], []) when nothing measured it."""
     measured = [e for e in experiments if e.values(metric)]
-    if not measured:
-        return None
     datasets = _dataset_order(measured)
     labels = list(dict.fromkeys(e.label for e in sorted(measured, key=_row_order)))
     cells = {(e.label, e.dataset): e.values(metric) for e in measured}
@@ -227,16 +233,57 @@ def metric_table(experiments: Sequence[Experiment], metric: Metric) -> str | Non
             best[d] = (max if metric.higher_is_better else min)(means)
     rows = []
     for label in labels:
-        row = [label]
+        row = []
         for d in datasets:
             values = cells.get((label, d))
-            if not values:
-                row.append("-")
+            row.append(None if not values else Cell(values, mean_std(values)[0] == best.get(d)))
+        rows.append((label, row))
+    return datasets, rows
+
+
+def metric_table(experiments: Sequence[Experiment], metric: Metric) -> str | None:
+    """Markdown table of one metric (rows: labels; columns: data sets), the best mean of each
+    column in bold; None when no run measured it."""
+    datasets, rows = metric_cells(experiments, metric)
+    if not rows:
+        return None
+    body = []
+    for label, cells in rows:
+        texts = ["-" if c is None else mean_spread(c.values, metric.digits) for c in cells]
+        body.append([label, *(f"**{t}**" if c is not None and c.best else t for t, c in zip(texts, cells))])
+    return markdown_table(["model", *datasets], body)
+
+
+LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_table(experiments: Sequence[Experiment], metric: Metric) -> str | None:
+    """A booktabs LaTeX table of one metric (cells "$m \\pm s$", the best in bold, the run
+    count as in the Markdown table); None when no run measured it."""
+    datasets, rows = metric_cells(experiments, metric)
+    if not rows:
+        return None
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(metric.title)}}}",
+             r"\begin{tabular}{l" + "r" * len(datasets) + "}", r"\toprule",
+             " & ".join(["Model", *map(latex_escape, datasets)]) + r" \\", r"\midrule"]
+    for label, cells in rows:
+        texts = []
+        for c in cells:
+            if c is None:
+                texts.append("--")
                 continue
-            text = mean_spread(values, metric.digits)
-            row.append(f"**{text}**" if mean_std(values)[0] == best.get(d) else text)
-        rows.append(row)
-    return markdown_table(["model", *datasets], rows)
+            mean, std = mean_std(c.values)
+            body = f"{mean:.{metric.digits}f}" + ("" if std is None else rf" \pm {std:.{metric.digits}f}")
+            body = rf"\mathbf{{{body}}}" if c.best else body
+            texts.append(f"${body}$" + ("" if std is None else f" ({len(c.values)})"))
+        lines.append(" & ".join([latex_escape(label), *texts]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
 
 
 def _row_order(e: Experiment) -> tuple:
@@ -260,14 +307,27 @@ def markdown_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -
     """Every requested metric's table with a heading, then what was averaged and which runs
     are not evaluated yet."""
     experiments = group_experiments(runs)
-    chosen = [m for m in METRICS if m.key in metrics]
-    parts = []
-    for metric in chosen:
-        table = metric_table(experiments, metric)
-        if table is not None:
-            parts.append(f"### {metric.title}\n\n{table}")
+    parts = [f"### {metric.title}\n\n{table}" for metric in _chosen(metrics)
+             if (table := metric_table(experiments, metric)) is not None]
     if not parts:
         parts.append("No evaluated run holds the requested metrics.")
+    return "\n\n".join(parts + [" ".join(_notes(runs, experiments))]) + "\n"
+
+
+def latex_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> str:
+    """The same tables as LaTeX (booktabs), the notes as a comment."""
+    experiments = group_experiments(runs)
+    parts = ["% " + " ".join(_notes(runs, experiments)).replace("\n", " ")]
+    parts += [table for metric in _chosen(metrics) if (table := latex_table(experiments, metric)) is not None]
+    return "\n\n".join(parts) + "\n"
+
+
+def _chosen(metrics: Sequence[str]) -> list[Metric]:
+    return [m for m in METRICS if m.key in metrics]
+
+
+def _notes(runs: Sequence[Run], experiments: Sequence[Experiment]) -> list[str]:
+    """What the cells are, how each experiment was evaluated and which runs are not evaluated."""
     evaluations = sorted({(str(s["eval.split"]), str(s["eval.checkpoint"]), str(s["eval.iw_samples"]))
                           for s in (e.settings for e in experiments)})
     notes = [f"{len(runs)} run folder(s), {sum(len(e.runs) for e in experiments)} evaluated, in "
@@ -278,7 +338,7 @@ def markdown_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -
     pending = [str(r.path) for r in runs if r.metrics is None]
     if pending:
         notes.append("Not evaluated yet (no metrics.json; run `exvae evaluate`): " + ", ".join(pending))
-    return "\n\n".join(parts + [" ".join(notes)]) + "\n"
+    return notes
 
 
 def long_records(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> list[dict[str, Any]]:
