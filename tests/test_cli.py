@@ -161,3 +161,25 @@ def test_data_root_for_an_embedded_data_set_is_refused(run_dir, tmp_path, capsys
     assert main(["embed", str(run_dir), "--method", "pca", "--out", str(tmp_path / "x.png"),
                  "--data-root", str(tmp_path)]) == 2
     assert "takes no root" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_the_whole_command_line_on_cuda(tmp_path, capsys):
+    """Train (fused Triton / C++ backends), evaluate, embed, retrieve and tabulate on the GPU."""
+    out = tmp_path / "runs"
+    assert main(["train", "--config", "configs/mnist-5k-demo.toml", "--out-dir", str(out), "--device", "cuda",
+                 *SHORT]) == 0
+    run = out / "mnist-5k-demo"
+    metrics = json.loads((run / "metrics.json").read_text())
+    env = metrics["environment"]
+    assert env["device"]["type"] == "cuda" and env["device"]["name"]
+    assert env["backends"]["mixture_log_density"]["auto"] == "triton"
+    assert env["backends"]["knn_search"]["auto"] == "triton"
+    assert env["backends"]["cache_update_"]["auto"] == "cpp"
+    assert metrics["log_likelihood"] < 0 and 0 <= metrics["knn_error"]["1"] < 0.9
+    (session,) = json.loads((run / "environment.json").read_text())["sessions"]
+    assert session["device"]["type"] == "cuda"
+    assert main(["embed", str(run), "--method", "pca", "--n", "200", "--out", str(tmp_path / "e.png")]) == 0
+    assert main(["retrieve", str(run), "--n", "3", "--k", "4", "--out", str(tmp_path / "r.png")]) == 0
+    assert main(["table", str(out)]) == 0
+    assert "| Exemplar VAE (retrieval, k=10) |" in capsys.readouterr().out
