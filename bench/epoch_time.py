@@ -26,6 +26,8 @@ import math
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,30 @@ def resolved_backends(model, device: torch.device) -> dict[str, str] | None:
             for op in ("mixture_log_density", "knn_search", "cache_update_")}
 
 
+SYNC_STEPS = 4  # untimed training steps run under CUDA's sync debug mode after the timing
+
+
+def count_host_syncs(trainer, epoch: int, steps: int = SYNC_STEPS) -> dict[str, Any] | None:
+    """Host-device synchronisations per training step, counted by CUDA's sync debug mode over
+    `steps` untimed steps (the epoch's shuffle included), with the Python lines that caused the
+    most: each one stalls the host until the GPU's queue drains. None off CUDA."""
+    if trainer.device.type != "cuda":
+        return None
+    trainer.cfg.train.steps_per_epoch = steps
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer._train_epoch(epoch)
+        except Exception as err:  # noqa: BLE001  a diagnostic must not cost the timing record
+            return {"error": f"{type(err).__name__}: {err}"}
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in syncs)
+    return {"per_step": len(syncs) / steps, "steps": steps, "top_sites": sites.most_common(10)}
+
+
 def time_config(model_name: str, prior: str, dataset: str, data, settings: dict[str, Any],
                 device: torch.device) -> dict[str, Any]:
     """Warm up, then time `repeats` x (timed steps + one cache refresh) of one configuration."""
@@ -256,6 +282,7 @@ def time_config(model_name: str, prior: str, dataset: str, data, settings: dict[
             steps_s.append(t1 - t0)
             refresh_s.append(t2 - t1)
             epoch_s.append((t1 - t0) * steps_per_epoch / timed + (t2 - t1))
+        host_syncs = count_host_syncs(trainer, epoch + 1)
         record = {
             "num_exemplars": cfg.prior.num_exemplars if cfg.prior.name == "exemplar" else None,
             "num_components": cfg.prior.num_components if cfg.prior.name == "vamp" else None,
@@ -271,6 +298,7 @@ def time_config(model_name: str, prior: str, dataset: str, data, settings: dict[
             "repeats_s_per_epoch": epoch_s,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+            "host_syncs": host_syncs,
         }
         del trainer
     return record
