@@ -51,6 +51,9 @@ class LatentCache(nn.Module):
         self.register_load_state_dict_post_hook(_reload_host_step)
         self._index: FaissIndex | None = None
         self._index_dirty = False  # True: the index must be built from the means before use
+        # rows are never unwritten, so once every row was written a check needs no scan of the
+        # stamps (and no accelerator synchronisation) until a state dict is loaded
+        self._known_complete = False
 
     @property
     def num_items(self) -> int:
@@ -157,14 +160,18 @@ class LatentCache(nn.Module):
     @property
     def is_complete(self) -> bool:
         """True when every row has been written at least once."""
-        return bool((self.stamps >= 0).all())
+        if not self._known_complete:
+            self._known_complete = bool((self.stamps >= 0).all())
+        return self._known_complete
 
     def check_complete(self) -> None:
-        """ValueError unless every row has been written at least once."""
+        """ValueError unless every row has been written at least once (scans the stamps only
+        until that was once found true: the training step calls it every time)."""
+        if self.is_complete:
+            return
         missing = int((self.stamps < 0).sum())
-        if missing:
-            raise ValueError(f"LatentCache: {missing} of {self.num_items} rows were never "
-                             "written; call refresh_ first")
+        raise ValueError(f"LatentCache: {missing} of {self.num_items} rows were never "
+                         "written; call refresh_ first")
 
     def staleness(self) -> Tensor:
         """[N] int64: steps since each row was last written; -1 for rows never written."""
@@ -194,3 +201,4 @@ def _reload_host_step(module: LatentCache, incompatible_keys: object) -> None:
     attached index is rebuilt before its next use."""
     module._host_step = int(module._step)
     module._index_dirty = True
+    module._known_complete = False

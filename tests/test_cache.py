@@ -149,3 +149,18 @@ def test_moves_with_the_module_but_keeps_dtypes():
                         ("stamps", torch.int64), ("_step", torch.int64)]:
         buf = getattr(cache, name)
         assert buf.device.type == "meta" and buf.dtype == dtype, name
+
+
+def test_completeness_is_checked_again_after_loading_a_state_dict():
+    full = LatentCache(6, 2)
+    full.update_(torch.arange(6), torch.randn(6, 2))
+    full.check_complete()
+    assert full.is_complete
+    partial = LatentCache(6, 2)
+    partial.update_(torch.arange(3), torch.randn(3, 2))
+    full.load_state_dict(partial.state_dict())  # loading forgets what was known
+    assert not full.is_complete
+    with pytest.raises(ValueError, match="3 of 6 rows were never written"):
+        full.check_complete()
+    full.update_(torch.arange(3, 6), torch.randn(3, 2))
+    full.check_complete()

@@ -130,9 +130,10 @@ class ExemplarPrior(Prior):
         if indices.dtype != torch.int64 or indices.shape != (batch,):
             raise ValueError(f"indices: expected an int64 tensor of shape [{batch}], got "
                              f"{indices.dtype} {list(indices.shape)}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_items):
-            raise ValueError(f"indices: expected values in [0, {self.num_items}), got "
-                             f"[{int(indices.min())}, {int(indices.max())}]")
+        if indices.numel():
+            low, high = torch.stack(torch.aminmax(indices)).tolist()  # one host read per step
+            if low < 0 or high >= self.num_items:
+                raise ValueError(f"indices: expected values in [0, {self.num_items}), got [{low}, {high}]")
         return indices.to(self.exemplars.device)
 
     def _draw_subset(self) -> Tensor:
