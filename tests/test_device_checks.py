@@ -104,3 +104,32 @@ def cuda_synchronisations(call) -> list[str]:
 def test_each_validator_synchronises_cuda_once(op):
     syncs = cuda_synchronisations(valid_calls("cuda")[op])
     assert len(syncs) == 1, syncs
+
+
+def test_non_finite_data_raises_the_non_finite_error():
+    from exvae_fast.ops.errors import NonFiniteError
+
+    checks = DeviceChecks()
+    checks.finite(torch.tensor([1.0, float("inf")]), "means")
+    with pytest.raises(NonFiniteError, match="means contains NaN/Inf") as err:
+        checks.verify()
+    assert isinstance(err.value, ValueError)  # callers catching ValueError still do
+
+
+@pytest.mark.parametrize("mode, most", [("retrieval", 5), ("exact", 4)])
+def test_a_training_forward_reads_the_device_a_few_times(mode, most):
+    """Host reads (each a synchronisation on a GPU) of one exemplar-prior training forward once
+    the cache is known complete: the batch's index range, then one per validated op call
+    (retrieval: write-back of the batch, kNN search, write-back of the neighbours, mixture)."""
+    import exvae_fast as ex
+
+    torch.manual_seed(0)
+    train = torch.rand(300, 784)
+    prior = ex.priors.ExemplarPrior(train, latent_dim=8, mode=mode, k=5, num_exemplars=100)
+    model = ex.models.VAE(prior, latent_dim=8)
+    prior.refresh(model.encode)
+    idx = torch.arange(50)
+    model(torch.bernoulli(train[idx]), indices=idx)  # the first step learns that the cache is complete
+    with HostReads() as reads:
+        model(torch.bernoulli(train[idx + 50]), indices=idx + 50)
+    assert reads.count <= most

@@ -70,6 +70,34 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("prior", ["standard", "vamp", "retrieval", "exact"])
+@pytest.mark.parametrize("where", ["mid-epoch", "last step of the epoch"])
+def test_diverged_weights_stop_training_and_never_reach_a_checkpoint(tmp_path, prior, where):
+    """NaN weights (a real divergence, not only a NaN loss): whichever check sees them first (the
+    loss, an op refusing NaN latents, the end-of-epoch check), the run stops as diverged and the
+    last checkpoint stays the previous epoch's, finite."""
+    overrides = {"train.epochs": 3, "prior.num_components": 20}
+    overrides.update({"prior.name": prior} if prior in ("standard", "vamp") else {"prior.mode": prior})
+    trainer = Trainer(tiny_config(tmp_path, **overrides), progress=False)
+    steps_per_epoch = len(trainer._batches())
+    poison_after = 2 * steps_per_epoch - (0 if where == "last step of the epoch" else 2)
+    real_step = trainer.optimizer.step
+
+    def step_then_poison(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        if trainer.state.step + 1 == poison_after:  # the loop counts the step after this returns
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("nan"))
+        return out
+
+    trainer.optimizer.step = step_then_poison
+    with pytest.raises(TrainingDiverged, match="in epoch 2, after .* optimisation steps.*(epoch 1)"):
+        trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
 def test_early_stopping_after_patience(tmp_path, monkeypatch):
     import exvae_fast.train.loop as loop
 

@@ -4,8 +4,9 @@ Checking that indices lie in range or that values are finite needs the tensors' 
 an accelerator each such check, read on its own, is a device-to-host copy that waits for
 the device (tens of microseconds of latency per check, more than a small kernel takes).
 `DeviceChecks` computes every check of one call on the device, reads all the verdicts with
-one copy, and raises the ValueError of the first failing check, in the order the checks
-were added, with the same messages as the one-at-a-time checks of `validation`.
+one copy, and raises the ValueError of the first failing check (NonFiniteError for NaN/Inf),
+in the order the checks were added, with the same messages as the one-at-a-time checks of
+`validation`.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from .errors import NonFiniteError
 
 Message = Callable[[list[int]], "str | None"]
 
@@ -27,16 +30,17 @@ class DeviceChecks:
 
     def __init__(self) -> None:
         self._values: list[Tensor] = []
-        self._rules: list[tuple[int, int, Message]] = []
+        self._rules: list[tuple[int, int, Message, type[ValueError]]] = []
 
-    def _add(self, values: list[Tensor], message: Message) -> None:
+    def _add(self, values: list[Tensor], message: Message, error: type[ValueError] = ValueError) -> None:
         start = len(self._values)
         self._values += [v.reshape(()).to(torch.int64) for v in values]
-        self._rules.append((start, len(self._values), message))
+        self._rules.append((start, len(self._values), message, error))
 
     def finite(self, x: Tensor, name: str) -> None:
-        """x holds no NaN or infinity."""
-        self._add([torch.isfinite(x).all()], lambda v: None if v[0] else f"{name} contains NaN/Inf")
+        """x holds no NaN or infinity (else NonFiniteError)."""
+        self._add([torch.isfinite(x).all()], lambda v: None if v[0] else f"{name} contains NaN/Inf",
+                  NonFiniteError)
 
     def in_range(self, x: Tensor, name: str, size: int, *, allow_none: bool = False) -> None:
         """Every entry of the index tensor x lies in [0, size) (or is -1 with allow_none)."""
@@ -78,7 +82,7 @@ class DeviceChecks:
         if not self._values:
             return
         host = torch.stack(self._values).tolist()
-        for start, stop, message in self._rules:
+        for start, stop, message, error_type in self._rules:
             error = message(host[start:stop])
             if error is not None:
-                raise ValueError(error)
+                raise error_type(error)

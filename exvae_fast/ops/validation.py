@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .device_checks import DeviceChecks
+from .errors import NonFiniteError
 
 CACHE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 """Storage dtypes of a latent cache."""
@@ -84,9 +85,9 @@ def check_same_device(**tensors: Tensor | None) -> None:
 
 
 def check_finite(x: Tensor, name: str) -> None:
-    """ValueError if x holds a NaN or an infinity."""
+    """NonFiniteError (a ValueError) if x holds a NaN or an infinity."""
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN/Inf")
+        raise NonFiniteError(f"{name} contains NaN/Inf")
 
 
 def check_range(x: Tensor, name: str, size: int, *, allow_none: bool = False) -> None:

@@ -19,6 +19,7 @@ from ..data import DataSplits
 from ..environment import environment_record
 from ..evaluation import evaluate_elbo, evaluation_mode
 from ..models import LatentVariableModel
+from ..ops.validation import NonFiniteError
 from ..priors import ExemplarPrior
 from .builder import build, load_data
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -176,8 +177,11 @@ class Trainer:
         try:
             while self.state.epoch < t.epochs and not stopped_early:
                 self.state.epoch += 1
-                record = self._train_epoch(self.state.epoch)
-                record.update(self._end_of_epoch(self.state.epoch))
+                try:
+                    record = self._train_epoch(self.state.epoch)
+                    record.update(self._end_of_epoch(self.state.epoch))
+                except NonFiniteError as err:  # an op refused NaN/Inf latents, means or log-variance
+                    raise self._diverged(f"non-finite values reached the prior ({err})") from err
                 if main:
                     append_jsonl(self.files.metrics_log, record)
                     self._log_tensorboard(record)
@@ -226,11 +230,7 @@ class Trainer:
             loss = -(terms.recon - beta * terms.kl).mean()
             if not all_finite(loss, self.team):
                 where = f" on some rank (here {float(loss.detach())})" if self.team.distributed else ""
-                raise TrainingDiverged(
-                    f"loss became {'non-finite' if where else float(loss.detach())}{where} at epoch "
-                    f"{epoch}, step {self.state.step + 1}; training "
-                    f"stopped; the last good checkpoint is {self.files.last_checkpoint} "
-                    f"(epoch {epoch - 1}). Try a lower train.lr or another seed.")
+                raise self._diverged(f"loss became {'non-finite' if where else float(loss.detach())}{where}")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -260,6 +260,8 @@ class Trainer:
             s.best_val_elbo, s.best_epoch, s.bad_epochs = val["elbo"], epoch, 0
         else:
             s.bad_epochs += 1
+        if not all_finite(_finite_state(self.model), self.team):
+            raise self._diverged("the parameters became non-finite")
         state = self._checkpoint_state()
         if self.team.is_main:
             if improved:
@@ -270,6 +272,14 @@ class Trainer:
         if isinstance(self.model.prior, ExemplarPrior):
             record["prior_log_var"] = float(self.model.prior.log_var.detach())
         return record
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a diverged run: what happened, where, and the checkpoint that
+        is kept (the previous epoch's: a checkpoint is only written after the checks pass)."""
+        return TrainingDiverged(
+            f"{what} in epoch {self.state.epoch}, after {self.state.step} optimisation steps; training "
+            f"stopped; the last good checkpoint is {self.files.last_checkpoint} (epoch {self.state.epoch - 1}). "
+            "Try a lower train.lr or another seed.")
 
     def _log_tensorboard(self, record: dict) -> None:
         if not self.cfg.train.tensorboard:
@@ -284,6 +294,15 @@ class Trainer:
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "epoch":
                 self._writer.add_scalar(key, value, record["epoch"])
+
+
+def _finite_state(model: torch.nn.Module) -> torch.Tensor:
+    """0-dim tensor, 0 when every floating parameter and buffer (the exemplar cache too) is
+    finite and NaN otherwise (x * 0 is NaN exactly for x = NaN or +-inf), for `all_finite`;
+    read once per epoch, before a checkpoint may be written."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return torch.stack([(t.detach() * 0).sum(dtype=torch.float32) for t in tensors]).sum() if tensors \
+        else torch.zeros(())
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
