@@ -173,3 +173,19 @@ def test_retrieval_training_on_cuda_uses_the_fused_backends(tmp_path):
     summary = trainer.fit()
     assert summary.epochs_completed == 2 and math.isfinite(summary.best_val_elbo)
     assert trainer.model.prior.cache.is_complete
+
+
+def test_a_half_precision_latent_cache_trains_resumes_and_evaluates(tmp_path):
+    from exvae_fast.report import evaluate_run
+
+    cfg = tiny_config(tmp_path, **{"train.epochs": 1, "prior.cache_dtype": "bfloat16"})
+    Trainer(cfg, progress=False).fit()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint_last.pt")
+    assert ckpt["model"]["prior.cache.means"].dtype == torch.bfloat16
+    resumed = Trainer(tiny_config(tmp_path, **{"train.epochs": 2, "prior.cache_dtype": "bfloat16"}), progress=False)
+    assert resumed.fit(resume=True).epochs_completed == 2
+    assert resumed.model.prior.cache.means.dtype == torch.bfloat16
+    metrics = evaluate_run(tmp_path / "run", pictures=False, progress=False)
+    assert math.isfinite(metrics["log_likelihood"]) and math.isfinite(metrics["retrieval_gap"]["test"]["1"]["mean"])
+    with pytest.raises(ValueError, match="prior.cache_dtype"):
+        tiny_config(tmp_path, **{"prior.cache_dtype": "float64"})

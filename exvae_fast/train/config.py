@@ -26,6 +26,7 @@ from ..atomic_io import atomic_write_text
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "omniglot", "celeba", "frey-faces", "synthetic", "array")
 EMBEDDED_DATASETS = ("mnist-5k", "synthetic")  # take no data.root (exvae_fast.data.load_dataset)
 MODELS = ("vae", "hvae", "convhvae", "pixelhvae", "celeba")
+CACHE_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # prior.cache_dtype: torch dtype names
 LIKELIHOODS = ("bernoulli", "logistic")
 PRIORS = ("standard", "mog", "vamp", "exemplar")
 MODES = ("exact", "retrieval")
@@ -75,6 +76,9 @@ class PriorConfig:
     leave_one_out: bool = True
     init_log_var: float = 0.0  # initial log sigma^2 of the exemplar kernel
     backend: str = "auto"  # ops backend: auto | torch | triton | cpp
+    # storage of the latent cache (N x d means): bfloat16 / float16 halve its memory for very large
+    # training sets; the ops accumulate in float32 either way
+    cache_dtype: str = "float32"
     # retrieval-mode neighbour search: "exact" | "ivf" | "hnsw" (approximate FAISS index,
     # exvae_fast.ann.FaissIndex; needs faiss-cpu; single process only)
     index: str = "exact"
@@ -236,6 +240,7 @@ def validate_config(cfg: RunConfig) -> None:
     if not math.isfinite(p.init_log_var):
         raise ConfigError(f"prior.init_log_var: expected a finite number, got {p.init_log_var!r}")
     _choice("prior.backend", p.backend, BACKENDS)
+    _choice("prior.cache_dtype", p.cache_dtype, CACHE_DTYPE_NAMES)
     _choice("prior.index", p.index, INDEXES)
     if p.index != "exact" and (p.name, p.mode) != ("exemplar", "retrieval"):
         raise ConfigError(f"prior.index: an approximate index ({p.index!r}) serves only the exemplar "
