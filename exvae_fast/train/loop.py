@@ -30,6 +30,10 @@ from .optim import NormalizedAdam
 from .run_files import RunFiles, append_jsonl, truncate_jsonl, write_json
 
 
+PROGRESS_EVERY = 20
+"""Steps between updates of the progress bar's loss (each reads the device)."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/Inf; the last good checkpoint is left untouched."""
 
@@ -221,7 +225,7 @@ class Trainer:
         epoch_start = time.perf_counter()
         batches = self._batches()
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
-        for idx in bar:
+        for i, idx in enumerate(bar):
             idx = idx.to(self.device)
             x = self.train_x[idx]
             if self.data.dynamic_binarization:
@@ -241,7 +245,7 @@ class Trainer:
             n = x.shape[0]
             sums += torch.stack([loss.detach() * n, terms.kl.detach().sum(), -terms.recon.detach().sum()]).double()
             seen += n
-            if self.progress:
+            if self.progress and i % PROGRESS_EVERY == 0:  # a host read: not every step
                 bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
         sums = sum_across(torch.cat([sums, sums.new_tensor([seen])]), self.team)
         loss_sum, kl_sum, rec_sum = (sums[:3] / sums[3]).tolist()
