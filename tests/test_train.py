@@ -135,8 +135,19 @@ def test_a_finished_run_is_never_silently_replaced(tmp_path):
     with pytest.raises(ValueError, match="already holds a trained run.*--resume.*--overwrite"):
         again.fit()
     assert ((run / "checkpoint_last.pt").read_bytes(), (run / "metrics.jsonl").read_text()) == before
+    (run / "metrics_val_best.json").write_text("{}")  # a former run's evaluation
+    (run / "notes.txt").write_text("mine")  # not a run file: kept
+    real_epoch = again._train_epoch
+
+    def look_when_training_starts(epoch):
+        # the former run's checkpoints and metrics are gone before the new run trains
+        assert not (run / "checkpoint_last.pt").exists() and not (run / "metrics_val_best.json").exists()
+        return real_epoch(epoch)
+
+    again._train_epoch = look_when_training_starts
     summary = again.fit(overwrite=True)
     assert summary.epochs_completed == 1
+    assert (run / "notes.txt").read_text() == "mine"
     sessions = json.loads((run / "environment.json").read_text())["sessions"]
     assert [s["event"] for s in sessions] == ["start"]  # a replaced run's history goes with it
     assert load_checkpoint(run / "checkpoint_last.pt")["config"]["train"]["seed"] == 1

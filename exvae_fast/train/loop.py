@@ -167,8 +167,9 @@ class Trainer:
         self.files.root.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
-        elif main:
-            self.files.metrics_log.unlink(missing_ok=True)
+        elif main:  # a fresh start (or --overwrite): nothing of a former run stays to be misread
+            for path in self.files.results():
+                path.unlink()
         # in a team: shard the exemplar cache (the checkpoint held all of it) and wrap in DDP
         self.step_model = shard_model(self.model, self.team, self.device)
         if not resume:

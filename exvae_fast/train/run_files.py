@@ -63,6 +63,16 @@ class RunFiles:
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
 
+    def results(self) -> list[Path]:
+        """The files a run writes that describe its weights (checkpoints, metrics, pictures),
+        present in the folder; what `--overwrite` removes before a new run starts, so that no
+        old checkpoint or metric is ever read with the new run's config."""
+        named = [self.best_checkpoint, self.last_checkpoint, self.metrics_log, self.final_metrics,
+                 self.loss_curve, self.samples, self.exemplar_samples]
+        patterns = ("metrics_*_*.json", "latent_*.png")
+        found = [p for p in named if p.is_file()]
+        return found + sorted(p for pattern in patterns for p in self.root.glob(pattern) if p.is_file())
+
 
 def append_jsonl(path: Path, record: dict) -> None:
     """Append one JSON record as a line and flush it to disk (a crash loses no epoch)."""
