@@ -183,3 +183,10 @@ def test_cli_download(server, mnist_source, tmp_path, capsys):
     assert f"train with --set data.root={root}" in capsys.readouterr().out
     assert main(["download", "celeba", str(tmp_path / "c")]) == 2
     assert "img_align_celeba" in capsys.readouterr().err
+
+
+def test_a_missing_data_set_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"`exvae download mnist {tmp_path / 'nope'}` fetches it"):
+        load_dataset("mnist", tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="img_align_celeba.zip"):
+        load_dataset("celeba", tmp_path / "nope")

@@ -91,4 +91,13 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, seed: int 
         raise ValueError(f"dataset {name!r} takes no root (got {str(root)!r}); pass root=None")
     positional = (root,) if reader.needs_root else ()
     seeded = {"seed": seed} if reader.uses_seed else {}
-    return reader.load(*positional, **seeded, **options)
+    try:
+        return reader.load(*positional, **seeded, **options)
+    except FileNotFoundError as err:
+        from .download import MANUAL, SOURCES  # the downloader reads data sets through this module
+
+        if name in SOURCES:
+            raise FileNotFoundError(f"{err} (`exvae download {name} {root}` fetches it)") from err
+        if name in MANUAL:
+            raise FileNotFoundError(f"{err} ({MANUAL[name]})") from err
+        raise
