@@ -52,10 +52,12 @@ def test_exemplar_prior_trains_a_model_of_your_own(mode):
         loss.backward()
         assert prior.log_var.grad is not None and model.enc.weight.grad.abs().sum() > 0
         opt.step()
+        prior.cache.advance()
         start = float(loss.detach()) if start is None else start
         if step % 20 == 19:
             prior.refresh(model.encode)
     assert float(loss.detach()) < start  # it learns
+    assert prior.cache.step == 60 and prior.cache.mean_staleness() >= 0
     # evaluation: the whole training set is the mixture, no leave-one-out, no gradient
     model.eval()
     prior.eval()
