@@ -94,7 +94,8 @@ def _build_parser() -> argparse.ArgumentParser:
     em = _trained_run_parser(sub, "embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior "
                              "means), coloured by label (paper Figure 5)")
     em.add_argument("--split", default="test", help="test, val or train")
-    em.add_argument("--n", type=int, help="points drawn at random from the split (default: all of it)")
+    em.add_argument("--n", type=int, help="points drawn at random from the split (default: all of it; t-SNE of "
+                    "tens of thousands of points takes minutes)")
     em.add_argument("--method", default="tsne", help="tsne (needs scikit-learn: pip install 'exvae-fast[viz]') or pca")
     em.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
     em.add_argument("--out", type=Path, required=True, help="output PNG")
