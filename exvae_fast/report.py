@@ -10,10 +10,12 @@ import torch
 from .data import CLASS_NAMES
 from .evaluation import (active_units, bits_per_dim, embed_2d, encode_means, evaluate_elbo, knn_classification_error,
                          log_likelihood, retrieval_gap, summarize_gap)
+from .atomic_io import atomic_write_text
 from .environment import environment_record
 from .generation import exemplar_conditioned_samples, sample_images
 from .models import LatentVariableModel
 from .priors import ExemplarPrior
+from .run_summary import summary_markdown
 from .plots import plot_embedding, plot_training_curves, read_jsonl, save_image_grid
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
@@ -61,8 +63,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     bits/dim for discretised-logistic data, the kNN classification error of the posterior
     means for labelled data sets, the retrieval gap for an exemplar prior, and the
     environment it ran in; writes metrics.json (test split, best checkpoint; else
-    metrics_<split>_<checkpoint>.json) and, with `pictures`, `write_pictures`'s PNGs.
-    Returns the metrics."""
+    metrics_<split>_<checkpoint>.json) and, with `pictures`, `write_pictures`'s PNGs and
+    (for metrics.json) report.md, the evaluation at a glance. Returns the metrics."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     start = time.perf_counter()
@@ -100,6 +102,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     write_json(files.metrics_for(split, checkpoint), metrics)
     if pictures:
         write_pictures(files, cfg, model, data)
+        if files.metrics_for(split, checkpoint) == files.final_metrics:
+            atomic_write_text(files.summary, summary_markdown(cfg, metrics, files.root))
     return metrics
 
 

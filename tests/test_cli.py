@@ -28,9 +28,14 @@ def run_dir(tmp_path_factory):
 
 def test_train_writes_the_run_folder(run_dir):
     for name in ("config.json", "checkpoint_best.pt", "checkpoint_last.pt", "metrics.jsonl", "metrics.json",
-                 "loss_curve.png", "samples.png", "exemplar_samples.png", f"latent_{LATENT_METHOD}.png"):
+                 "loss_curve.png", "samples.png", "exemplar_samples.png", f"latent_{LATENT_METHOD}.png",
+                 "report.md"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    report = (run_dir / "report.md").read_text()
+    assert report.startswith("# Run `mnist-5k-demo`") and "Exemplar VAE (retrieval, k=10) on `mnist-5k`" in report
+    assert f"| log-likelihood (8 importance samples) | {metrics['log_likelihood']:.3f} nats |" in report
+    assert "![Samples](samples.png)" in report and "## Environment" in report
     assert metrics["dataset"] == "mnist-5k" and metrics["num_points"] == 500
     assert metrics["environment"]["device"]["type"] == "cpu" and metrics["environment"]["torch"]
     assert metrics["elbo"] == pytest.approx(-(metrics["kl"] + metrics["neg_recon"]))

@@ -48,6 +48,11 @@ class RunFiles:
         return self.root / f"metrics_{split}_{checkpoint}.json"
 
     @property
+    def summary(self) -> Path:
+        """report.md: the evaluation at a glance (exvae_fast.run_summary)."""
+        return self.root / "report.md"
+
+    @property
     def loss_curve(self) -> Path:
         return self.root / "loss_curve.png"
 
@@ -68,7 +73,7 @@ class RunFiles:
         present in the folder; what `--overwrite` removes before a new run starts, so that no
         old checkpoint or metric is ever read with the new run's config."""
         named = [self.best_checkpoint, self.last_checkpoint, self.metrics_log, self.final_metrics,
-                 self.loss_curve, self.samples, self.exemplar_samples]
+                 self.summary, self.loss_curve, self.samples, self.exemplar_samples]
         patterns = ("metrics_*_*.json", "latent_*.png")
         found = [p for p in named if p.is_file()]
         return found + sorted(p for pattern in patterns for p in self.root.glob(pattern) if p.is_file())
