@@ -13,109 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .cli_parser import DATA_SPLITS, SAMPLE_KINDS, build_parser
 from .train.config import RunConfig, apply_overrides, load_config, validate_config
-
-SAMPLE_KINDS = ("unconditional", "exemplar", "iterative")
-DATA_SPLITS = ("test", "val", "train")
-
-
-def _trained_run_parser(sub, name: str, help: str, seeded: bool = True) -> argparse.ArgumentParser:
-    """A command that reads a trained run folder: RUN_DIR, --checkpoint, --device, --data-root
-    (and --seed)."""
-    p = sub.add_parser(name, help=help)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--checkpoint", default="best", help="best or last")
-    p.add_argument("--device", help="use this device instead of the run's (cpu, cuda, cuda:1)")
-    p.add_argument("--data-root", help="where the data set's raw files are now, when not where the run "
-                   "was trained (config data.root)")
-    if seeded:
-        p.add_argument("--seed", type=int, default=0)
-    return p
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: download data, train, evaluate, "
-                                     "sample, augment, retrieve, embed, tabulate, benchmark.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    dl = sub.add_parser("download", help="fetch a data set's raw files (checked) into a folder")
-    dl.add_argument("dataset", help="mnist, fashion-mnist, omniglot or frey-faces")
-    dl.add_argument("root", type=Path, nargs="?", help="destination folder (default: data/DATASET, "
-                    "where the configs look)")
-    dl.add_argument("--force", action="store_true", help="fetch again even when valid files are there")
-    dl.add_argument("--no-progress", action="store_true")
-
-    tr = sub.add_parser("train", help="train a model (then evaluate it and draw pictures); "
-                        "data-parallel when launched by torchrun")
-    tr.add_argument("--config", type=Path, help="TOML run config (see configs/); default: built-in defaults")
-    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config field, e.g. --set train.epochs=3 (repeatable)")
-    tr.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
-    tr.add_argument("--device", help="shortcut for --set train.device=D (cpu, cuda, cuda:1)")
-    tr.add_argument("--backend", help="ops backend for the whole run: auto, torch, triton, cpp")
-    tr.add_argument("--seed", type=int, help="shortcut for --set train.seed=S")
-    tr.add_argument("--name", help="run name (folder under out_dir)")
-    tr.add_argument("--out-dir", help="parent folder of the run folder")
-    tr.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                    help="continue the run in RUN_DIR exactly from its last checkpoint")
-    tr.add_argument("--overwrite", action="store_true",
-                    help="replace a run already in the run folder (default: refuse, to keep it)")
-    tr.add_argument("--no-eval", action="store_true", help="skip the final test evaluation and pictures")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-    ev = _trained_run_parser(sub, "evaluate", seeded=False,
-                             help="evaluate a run folder: ELBO, KL/reconstruction, IWAE log-likelihood")
-    ev.add_argument("--split", default="test", help="test or val")
-    ev.add_argument("--iw-samples", type=int, help="importance samples per point (default: the run's config)")
-    ev.add_argument("--no-pictures", action="store_true")
-    ev.add_argument("--no-progress", action="store_true")
-
-    sa = _trained_run_parser(sub, "sample", help="draw samples from a trained run into a PNG grid")
-    sa.add_argument("--kind", default="unconditional", help=f"one of {', '.join(SAMPLE_KINDS)}")
-    sa.add_argument("--n", type=int, default=10, help="rows (exemplars / chains); 100 images for unconditional")
-    sa.add_argument("--per-row", type=int, default=10, help="samples per exemplar, or steps of iterative generation")
-    sa.add_argument("--from-noise", action="store_true", help="iterative generation starting from uniform noise")
-    sa.add_argument("--out", type=Path, required=True, help="output PNG")
-
-    au = _trained_run_parser(sub, "augment", help="write exemplar-conditioned samples of the training set (.npz)")
-    au.add_argument("--per-example", type=int, default=1, help="samples per training image")
-    au.add_argument("--out", type=Path, required=True, help="output .npz (images uint8, labels)")
-
-    re_ = _trained_run_parser(sub, "retrieve",
-                              help="draw images next to their nearest training images in the latent space")
-    re_.add_argument("--split", default="test", help="where the query images come from: test, val or train "
-                     "(a training image never retrieves itself)")
-    re_.add_argument("--n", type=int, default=10, help="query images (rows), drawn at random")
-    re_.add_argument("--k", type=int, default=10, help="neighbours per query")
-    re_.add_argument("--out", type=Path, required=True, help="output PNG: each row a query and its k neighbours")
-    re_.add_argument("--json", type=Path, help="also write the query indices, neighbour indices (into the "
-                     "training split) and squared latent distances to this JSON file")
-
-    em = _trained_run_parser(sub, "embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior "
-                             "means), coloured by label (paper Figure 5)")
-    em.add_argument("--split", default="test", help="test, val or train")
-    em.add_argument("--n", type=int, help="points drawn at random from the split (default: all of it; t-SNE of "
-                    "tens of thousands of points takes minutes)")
-    em.add_argument("--method", default="tsne", help="tsne (needs scikit-learn: pip install 'exvae-fast[viz]') or pca")
-    em.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
-    em.add_argument("--out", type=Path, required=True, help="output PNG")
-    em.add_argument("--json", type=Path, help="also write the point indices, labels and 2-D coordinates")
-
-    ta = sub.add_parser("table", help="paper-style tables (mean ± std over seeds) of evaluated run folders")
-    ta.add_argument("runs", type=Path, nargs="+", help="run folders, or folders searched for run folders")
-    ta.add_argument("--metrics", help="comma-separated metrics.json keys to tabulate (default: all of "
-                    "log_likelihood, bits_per_dim, elbo, kl, neg_recon, active_units, knn_error.1, knn_error.10)")
-    ta.add_argument("--out", type=Path, help="also write the Markdown tables to this file")
-    ta.add_argument("--csv", type=Path, help="write one row per (experiment, metric): mean, std, n, seeds, runs")
-    ta.add_argument("--json", type=Path, help="the same records as JSON, with each experiment's settings")
-    ta.add_argument("--latex", type=Path, help="the tables as LaTeX (booktabs), for a paper")
-
-    be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
-    be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks), priors (test log-likelihood "
-                    "of each prior on the embedded digits), augment (classifier error with generated "
-                    "samples) or plot (PNGs and README tables)")
-    be.add_argument("args", nargs=argparse.REMAINDER, help="passed to the target; `exvae bench TARGET --help`")
-    return parser
 
 
 def _train_config(args: argparse.Namespace) -> RunConfig:
@@ -138,23 +37,66 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        return _train_seeds(args)
+    cfg = _train_config(args)
+    _train_one(cfg, args, resume=args.resume is not None)
+    return 0
+
+
+def _train_one(cfg: RunConfig, args: argparse.Namespace, resume: bool) -> Path | None:
+    """Train (and unless --no-eval evaluate) one run; its folder, or None on ranks other than 0."""
     from .report import evaluate_run
     from .train.ddp import leave
     from .train.loop import Trainer
 
-    cfg = _train_config(args)
     trainer = Trainer(cfg, progress=not args.no_progress)
     try:
-        summary = trainer.fit(resume=args.resume is not None, overwrite=args.overwrite)
+        summary = trainer.fit(resume=resume, overwrite=args.overwrite)
     finally:
         leave(trainer.team)
     if not trainer.team.is_main:  # under torchrun, rank 0 reports and evaluates
-        return 0
+        return None
     print(f"trained {summary.epochs_completed} epochs in {summary.seconds:.1f} s; best validation ELBO "
           f"{summary.best_val_elbo:.3f} at epoch {summary.best_epoch}"
           f"{' (early stop)' if summary.stopped_early else ''}; run folder: {summary.run_dir}")
     if not args.no_eval:
         _print_metrics(evaluate_run(summary.run_dir, progress=not args.no_progress))
+    return summary.run_dir
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,7' -> [0, 2, 7]; ValueError naming --seeds otherwise."""
+    try:
+        if "-" in spec:
+            low, high = (int(part) for part in spec.split("-"))
+            seeds = list(range(low, high + 1))
+        else:
+            seeds = [int(part) for part in spec.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct seeds >= 0 as FIRST-LAST or a comma-separated list, "
+                         f"got {spec!r}")
+    return seeds
+
+
+def _train_seeds(args: argparse.Namespace) -> int:
+    from .run_table import find_runs, markdown_report
+
+    if args.seed is not None or args.resume is not None:
+        raise ValueError("--seeds: not with --seed or --resume (each seed's run is resumed when it exists)")
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise ValueError("--seeds: under torchrun launch one seed per run (--seed S --name NAME-sS)")
+    base = _train_config(args)
+    folders = []
+    for seed in parse_seeds(args.seeds):
+        cfg = apply_overrides(base, [f"train.seed={seed}", f"name={base.name}-s{seed}"])
+        resume = not args.overwrite and (Path(cfg.out_dir) / cfg.name / "checkpoint_last.pt").is_file()
+        print(f"seed {seed}: {'resuming' if resume else 'training'} {Path(cfg.out_dir) / cfg.name}")
+        folders.append(_train_one(cfg, args, resume=resume))
+    if not args.no_eval:
+        print(markdown_report(find_runs(folders)), end="")
     return 0
 
 
@@ -338,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of `exvae` and `python -m exvae_fast`; returns the exit status."""
     from .train.loop import TrainingDiverged
 
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except TrainingDiverged as err:

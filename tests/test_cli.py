@@ -188,3 +188,26 @@ def test_the_whole_command_line_on_cuda(tmp_path, capsys):
     assert main(["retrieve", str(run), "--n", "3", "--k", "4", "--out", str(tmp_path / "r.png")]) == 0
     assert main(["table", str(out)]) == 0
     assert "| Exemplar VAE (retrieval, k=10) |" in capsys.readouterr().out
+
+
+def test_a_seed_sweep_trains_resumes_and_tabulates(tmp_path, capsys):
+    from exvae_fast.cli import parse_seeds
+
+    assert parse_seeds("0-2") == [0, 1, 2] and parse_seeds("3,1") == [3, 1]
+    for bad in ("", "a", "2-1", "1,1", "-1"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+    argv = ["train", "--config", "configs/mnist-5k-demo.toml", "--set", "prior.name=standard", "--name", "sweep",
+            "--out-dir", str(tmp_path), "--seeds", "0,1", "--set", "eval.num_sample_images=4", *SHORT]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "seed 0: training" in printed and "seed 1: training" in printed
+    assert "| VAE w/ Gaussian prior | " in printed and " (2) |" in printed  # mean ± std over the 2 seeds
+    seeds = [json.loads((tmp_path / f"sweep-s{s}" / "config.json").read_text())["train"]["seed"] for s in (0, 1)]
+    assert seeds == [0, 1]
+    # the same command again continues both runs (one more epoch each) instead of refusing them
+    assert main([*argv, "--set", "train.epochs=2"]) == 0
+    assert "seed 1: resuming" in capsys.readouterr().out
+    log = (tmp_path / "sweep-s1" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+    assert main([*argv, "--seed", "3"]) == 2
