@@ -242,7 +242,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .atomic_io import atomic_write_text
-    from .run_table import METRIC_KEYS, csv_text, find_runs, latex_report, long_records, markdown_report
+    from .run_table import METRIC_KEYS, csv_text, find_runs, latex_report, long_records, markdown_report, metric_chart
 
     metrics = METRIC_KEYS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = [m for m in metrics if m not in METRIC_KEYS]
@@ -256,6 +256,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
         atomic_write_text(args.out, report)
     if args.latex is not None:
         atomic_write_text(args.latex, latex_report(runs, metrics))
+    if args.png is not None:
+        metric_chart(runs, metrics[0], args.png)
     if args.csv is not None or args.json is not None:
         records = long_records(runs, metrics)
         if args.csv is not None:

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     ta.add_argument("--csv", type=Path, help="write one row per (experiment, metric): mean, std, n, seeds, runs")
     ta.add_argument("--json", type=Path, help="the same records as JSON, with each experiment's settings")
     ta.add_argument("--latex", type=Path, help="the tables as LaTeX (booktabs), for a paper")
+    ta.add_argument("--png", type=Path, help="a chart (points with error bars: sample std) of the first metric of "
+                    "--metrics (default: the test log-likelihood), one panel per data set")
 
     be = sub.add_parser("bench", help="benchmarks of the source checkout's bench/ (see bench/README.md)")
     be.add_argument("target", help="epoch (s/epoch), ops (op micro-benchmarks), priors (test log-likelihood "

@@ -164,6 +164,32 @@ def plot_embedding(coords: Tensor, path: str | os.PathLike, labels: Tensor | Non
     fig.savefig(path, format="png", dpi=100)
 
 
+def plot_metric_points(panels: dict[str, list[tuple[str, float, float | None]]], path: str | os.PathLike,
+                     xlabel: str, title: str) -> None:
+    """Write a PNG of one metric, one panel per key of `panels` (e.g. a data set): each entry
+    (label, mean, sample std or None) a point with its error bar (points rather than bars, so
+    that no axis baseline exaggerates differences)."""
+    if not panels or not all(panels.values()):
+        raise ValueError("panels: expected at least one panel, each with at least one entry")
+    rows = max(len(entries) for entries in panels.values())
+    fig = Figure(figsize=(5.5 * len(panels), 0.45 * rows + 1.6), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (name, entries) in zip(axes, panels.items()):
+        y = list(range(len(entries)))[::-1]  # the first entry on top
+        errors = [0.0 if e[2] is None else e[2] for e in entries]
+        ax.errorbar([e[1] for e in entries], y, xerr=errors, fmt="o", capsize=3)
+        ax.set_yticks(y, [e[0] for e in entries], fontsize="small")
+        ax.set_ylim(-0.5, len(entries) - 0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_title(name)
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a JSON-lines file of objects (one record per line; blank lines skipped)."""
     path = Path(path)

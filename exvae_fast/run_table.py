@@ -314,6 +314,22 @@ def markdown_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -
     return "\n\n".join(parts + [" ".join(_notes(runs, experiments))]) + "\n"
 
 
+def metric_chart(runs: Sequence[Run], metric_key: str, path: str | Path) -> None:
+    """A PNG of one metric: per data set, each experiment's mean with its sample standard
+    deviation as an error bar (`plots.plot_metric_points`)."""
+    from .plots import plot_metric_points
+
+    metric = next((m for m in METRICS if m.key == metric_key), None)
+    if metric is None:
+        raise ValueError(f"metric: expected one of {', '.join(METRIC_KEYS)}, got {metric_key!r}")
+    datasets, rows = metric_cells(group_experiments(runs), metric)
+    if not rows:
+        raise ValueError(f"metric: no evaluated run holds {metric_key!r}")
+    panels = {d: [(label, *mean_std(cells[i].values)) for label, cells in rows if cells[i] is not None]
+              for i, d in enumerate(datasets)}
+    plot_metric_points(panels, path, metric.title, "mean ± sample std over seeds (exvae table)")
+
+
 def latex_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> str:
     """The same tables as LaTeX (booktabs), the notes as a comment."""
     experiments = group_experiments(runs)

@@ -194,3 +194,21 @@ def test_latex_tables_for_a_paper(study, tmp_path):
     out = tmp_path / "t.tex"
     assert main(["table", str(parent), "--latex", str(out)]) == 0
     assert out.read_text().count(r"\begin{table}") == 7  # every measured metric (no bits/dim here)
+
+
+def test_a_chart_of_one_metric(study, tmp_path):
+    from PIL import Image
+
+    from exvae_fast.run_table import metric_chart
+
+    parent, _ = study
+    out = tmp_path / "ll.png"
+    assert main(["table", str(parent), "--png", str(out)]) == 0
+    with Image.open(out) as img:
+        assert img.width == 1100 and img.height > 100  # two data sets: two panels of 5.5 inches at 100 dpi
+    runs = find_runs([parent])
+    metric_chart(runs, "active_units", tmp_path / "units.png")
+    with pytest.raises(ValueError, match="expected one of"):
+        metric_chart(runs, "fid", tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no evaluated run holds 'bits_per_dim'"):
+        metric_chart(runs, "bits_per_dim", tmp_path / "x.png")
