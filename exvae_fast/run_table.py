@@ -6,10 +6,12 @@ folder, or settings that do not change the model (device, ops backend, batch siz
 evaluation, data location; for your own "array" data the file is the data set) are
 repetitions of one experiment: their metrics are averaged
 (mean ± sample standard deviation over the runs, as in the paper's tables). Rows are
-named as in the paper ("VAE w/ VampPrior (500)", "Exemplar ConvHVAE"), one column per
-data set, one table per metric. When two experiments on one data set would get the same
-row name, the settings in which they differ are added to it, so nothing is averaged
-across different settings.
+named as in the paper ("VAE w/ VampPrior (500)", "Exemplar ConvHVAE (retrieval, k=10)"),
+one column per data set, one table per metric. When two experiments on one data set would
+get the same row name, the settings in which they differ are added to it, so nothing is
+averaged across different settings. Renderings: Markdown (`markdown_report`), LaTeX
+(`latex_report`), long records for CSV / JSON (`long_records`, `csv_text`) and a chart of
+one metric (`metric_chart`).
 """
 from __future__ import annotations
 
