@@ -83,6 +83,7 @@ def parse_seeds(spec: str) -> list[int]:
 
 def _train_seeds(args: argparse.Namespace) -> int:
     from .run_table import find_runs, markdown_report
+    from .train.run_files import RunFiles
 
     if args.seed is not None or args.resume is not None:
         raise ValueError("--seeds: not with --seed or --resume (each seed's run is resumed when it exists)")
@@ -92,8 +93,9 @@ def _train_seeds(args: argparse.Namespace) -> int:
     folders = []
     for seed in parse_seeds(args.seeds):
         cfg = apply_overrides(base, [f"train.seed={seed}", f"name={base.name}-s{seed}"])
-        resume = not args.overwrite and (Path(cfg.out_dir) / cfg.name / "checkpoint_last.pt").is_file()
-        print(f"seed {seed}: {'resuming' if resume else 'training'} {Path(cfg.out_dir) / cfg.name}")
+        files = RunFiles(Path(cfg.out_dir) / cfg.name)
+        resume = not args.overwrite and files.last_checkpoint.is_file()
+        print(f"seed {seed}: {'resuming' if resume else 'training'} {files.root}")
         folders.append(_train_one(cfg, args, resume=resume))
     if not args.no_eval:
         print(markdown_report(find_runs(folders)), end="")
@@ -213,7 +215,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from .evaluation.embedding import METHODS
+    from .evaluation.embedding import METHOD_NAMES, METHODS
     from .report import latent_picture, load_trained
 
     _check_split(args.split)
@@ -223,11 +225,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--n: expected at least 2 points, got {args.n}")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool, labels = getattr(data, args.split), getattr(data, f"{args.split}_labels")
-    method = "t-SNE" if args.method == "tsne" else "PCA"
-    count = pool.shape[0] if args.n is None else min(args.n, pool.shape[0])
-    picks, coords = latent_picture(model, pool, labels, args.out, dataset=data.name, method=args.method, n=args.n,
-                                   perplexity=args.perplexity, seed=args.seed, batch_size=cfg.train.eval_batch_size,
-                                   title=f"{method} of the posterior means: {cfg.name}, {count} {args.split} points")
+    picks, coords = latent_picture(model, pool, labels, args.out, dataset=data.name, run_name=cfg.name,
+                                   split=args.split, method=args.method, n=args.n, perplexity=args.perplexity,
+                                   seed=args.seed, batch_size=cfg.train.eval_batch_size)
     if args.json is not None:
         from .train.run_files import write_json
 
@@ -235,7 +235,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
                                "method": args.method, "perplexity": args.perplexity, "seed": args.seed,
                                "indices": picks.tolist(), "coords": coords.tolist(),
                                "labels": None if labels is None else labels[picks].tolist()})
-    print(f"wrote {args.out}: {method} of {picks.numel()} {args.split} posterior means"
+    print(f"wrote {args.out}: {METHOD_NAMES[args.method]} of {picks.numel()} {args.split} posterior means"
           f"{'' if labels is None else ', coloured by label'}")
     return 0
 

@@ -7,16 +7,17 @@ from pathlib import Path
 
 import torch
 
+from .atomic_io import atomic_write_text
 from .data import CLASS_NAMES
+from .environment import environment_record
 from .evaluation import (active_units, bits_per_dim, embed_2d, encode_means, evaluate_elbo, knn_classification_error,
                          log_likelihood, retrieval_gap, summarize_gap)
-from .atomic_io import atomic_write_text
-from .environment import environment_record
+from .evaluation.embedding import METHOD_NAMES
 from .generation import exemplar_conditioned_samples, sample_images
 from .models import LatentVariableModel
+from .plots import plot_embedding, plot_training_curves, read_jsonl, save_image_grid
 from .priors import ExemplarPrior
 from .run_summary import summary_markdown
-from .plots import plot_embedding, plot_training_curves, read_jsonl, save_image_grid
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
 from .train.config import RunConfig, apply_overrides
@@ -99,10 +100,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
                                                          progress=progress)
     metrics["seconds"] = time.perf_counter() - start
     metrics["environment"] = environment_record(cfg.train.device)
-    write_json(files.metrics_for(split, checkpoint), metrics)
+    metrics_path = files.metrics_for(split, checkpoint)
+    write_json(metrics_path, metrics)
     if pictures:
         write_pictures(files, cfg, model, data)
-        if files.metrics_for(split, checkpoint) == files.final_metrics:
+        if metrics_path == files.final_metrics:
             atomic_write_text(files.summary, summary_markdown(cfg, metrics, files.root))
     return metrics
 
@@ -132,15 +134,16 @@ def pick_rows(num_rows: int, n: int | None, seed: int) -> torch.Tensor:
 
 
 def latent_picture(model: LatentVariableModel, images: torch.Tensor, labels: torch.Tensor | None,
-                   path: str | Path, *, dataset: str, method: str = "tsne", n: int | None = None,
-                   perplexity: float = 30.0, seed: int = 0, batch_size: int = 500,
-                   title: str = "Latent space") -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw the posterior means of n random rows of images [N, D] (all when n is None) in 2-D
-    (`embed_2d`), coloured by labels [N] when given, into a PNG; returns (row indices [n],
-    coordinates [n, 2])."""
+                   path: str | Path, *, dataset: str, run_name: str, split: str, method: str = "tsne",
+                   n: int | None = None, perplexity: float = 30.0, seed: int = 0,
+                   batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw the posterior means of n random rows of images [N, D] (all when n is None; rows of
+    `split` of the run `run_name`, for the title) in 2-D (`embed_2d`), coloured by labels [N]
+    when given, into a PNG; returns (row indices [n], coordinates [n, 2])."""
     picks = pick_rows(images.shape[0], n, seed)
     means = encode_means(model, images[picks], batch_size)
     coords = embed_2d(means, method, perplexity=perplexity, seed=seed)
+    title = f"{METHOD_NAMES[method]} of {picks.numel()} {split} posterior means: {run_name}"
     plot_embedding(coords, path, None if labels is None else labels[picks], CLASS_NAMES.get(dataset), title)
     return picks, coords
 
@@ -170,5 +173,5 @@ def write_pictures(files: RunFiles, cfg: RunConfig, model: LatentVariableModel, 
         points = min(LATENT_POINTS, data.test.shape[0])
         method = automatic_latent_method(points)
         latent_picture(model, data.test, data.test_labels, files.root / f"latent_{method}.png", dataset=data.name,
-                       method=method, n=points, batch_size=cfg.train.eval_batch_size,
-                       title=f"{'t-SNE' if method == 'tsne' else 'PCA'} of {points} test posterior means: {cfg.name}")
+                       run_name=cfg.name, split="test", method=method, n=points,
+                       batch_size=cfg.train.eval_batch_size)

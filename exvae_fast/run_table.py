@@ -364,7 +364,7 @@ def long_records(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> l
     std (None for one run), count, seeds and run folders."""
     records = []
     for e in sorted(group_experiments(runs), key=lambda e: (e.dataset, _row_order(e))):
-        for metric in (m for m in METRICS if m.key in metrics):
+        for metric in _chosen(metrics):
             values = e.values(metric)
             if not values:
                 continue

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 METHODS = ("tsne", "pca")
+METHOD_NAMES = {"tsne": "t-SNE", "pca": "PCA"}  # as written in titles and messages
 
 
 def embed_2d(points: Tensor, method: str = "tsne", *, perplexity: float = 30.0, seed: int = 0) -> Tensor:
