@@ -8,9 +8,11 @@ valid calls: a later valid result also proves the ranks stayed in step.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import socket
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from exvae_fast import LatentCache, ops
+from exvae_fast.distributed import comm
 from exvae_fast.distributed import (ShardedLatentCache, all_gather_rows, init_from_env,
                                     is_distributed, rank, shard_range, world_size)
 from exvae_fast.distributed.shard_ops import combine_mixtures
@@ -226,6 +229,38 @@ def _run_mixture(r: int, world: int) -> dict:
     return {"value": value, "error": error, "again": again}
 
 
+@contextlib.contextmanager
+def _no_collectives() -> Iterator[None]:
+    """Make every all-reduce of the sharded cache raise inside the block."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("unexpected all-reduce")
+    saved, comm.all_reduce_sum = comm.all_reduce_sum, refuse
+    try:
+        yield
+    finally:
+        comm.all_reduce_sum = saved
+
+
+def _reloaded_completeness(cache: ShardedLatentCache, partial: LatentCache) -> list[bool]:
+    """is_complete after load_full_ of partial, then after a state dict load of a complete
+    cache's shard and of the partial one's."""
+    complete_state = copy.deepcopy(cache.state_dict())
+    assert cache.is_complete
+    with _no_collectives():  # agreed once: later checks need no all-reduce
+        cache.check_complete()
+        assert cache.is_complete
+    cache.load_full_(partial)
+    out = [cache.is_complete]
+    cache.load_state_dict(complete_state)
+    out.append(cache.is_complete)
+    cache.load_full_(partial)
+    partial_state = copy.deepcopy(cache.state_dict())
+    cache.load_state_dict(complete_state)
+    assert cache.is_complete
+    cache.load_state_dict(partial_state)
+    return out + [cache.is_complete]
+
+
 def _run_refresh(r: int, world: int) -> dict:
     cache = ShardedLatentCache(N, D)
     out = {"complete_before": cache.is_complete, "check_before": _outcome(cache.check_complete),
@@ -239,6 +274,8 @@ def _run_refresh(r: int, world: int) -> dict:
     out["rows"] = cache.rows(torch.tensor(ROWS[r], dtype=torch.int64))
     cache.load_full_(_full_cache(step=7))
     out["loaded"] = _state(cache.gather_full())
+    # completeness, once agreed, is forgotten when a state with unwritten rows is loaded
+    out["complete_after_partial_load"] = _reloaded_completeness(cache, _initial_cache(torch.float32))
     half = ShardedLatentCache.from_cache(_full_cache(torch.bfloat16, step=1))
     out["half"] = _state(half.gather_full())
     out["half_rows"] = half.rows(torch.tensor(ROWS[r], dtype=torch.int64))
@@ -558,6 +595,7 @@ def test_sharded_refresh_rows_completeness_and_round_trips(run):
     for r, res in enumerate(results):
         got = res["refresh"]
         assert got["complete_before"] is False and got["complete_after"] is True
+        assert got["complete_after_partial_load"] == [False, True, False]
         assert got["check_before"] == ("ValueError", "ShardedLatentCache: 37 of 37 rows were never "
                                        "written; call refresh_ first")
         assert got["stale_before"] != got["stale_before"]  # nan: nothing written yet

@@ -47,6 +47,11 @@ class ShardedLatentCache(nn.Module):
         self._num_items = num_items
         self._starts = comm.shard_starts(num_items, self.world_size)
         self.local = LatentCache(self.stop - self.start, dim, dtype=dtype, device=device)
+        # rows are never unwritten, so once the ranks agreed that every row was written the
+        # check needs no all-reduce (the training step calls it every time) until a state is
+        # loaded; the flag only ever comes from that all-reduce, so it is equal on every rank
+        self._known_complete = False
+        self.register_load_state_dict_post_hook(_forget_completeness)
 
     @classmethod
     def from_cache(cls, cache: LatentCache, group: dist.ProcessGroup | None = None) -> ShardedLatentCache:
@@ -169,6 +174,7 @@ class ShardedLatentCache(nn.Module):
         owned = slice(self.start, self.stop)
         self.local.load_state_dict({"means": state["means"][owned], "sq_norms": state["sq_norms"][owned],
                                     "stamps": state["stamps"][owned], "_step": state["_step"]})
+        self._known_complete = False
 
     # --- reads --------------------------------------------------------------------------
 
@@ -209,7 +215,8 @@ class ShardedLatentCache(nn.Module):
 
     @property
     def is_complete(self) -> bool:
-        """COLLECTIVE. True when every row of the whole cache has been written."""
+        """COLLECTIVE. True when every row of the whole cache has been written (one all-reduce
+        per call until that was found true, none after it until a state is loaded)."""
         return self._missing() == 0
 
     def check_complete(self) -> None:
@@ -220,8 +227,12 @@ class ShardedLatentCache(nn.Module):
                              "written; call refresh_ first")
 
     def _missing(self) -> int:
+        if self._known_complete:
+            return 0
         count = (self.local.stamps < 0).sum().reshape(1)
-        return int(comm.all_reduce_sum(count, self.group))
+        missing = int(comm.all_reduce_sum(count, self.group))
+        self._known_complete = missing == 0
+        return missing
 
     def staleness(self) -> Tensor:
         """[stop - start] int64: steps since each LOCAL row was last written; -1 if never."""
@@ -325,6 +336,11 @@ class ShardedLatentCache(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_items={self.num_items}, dim={self.dim}, dtype={self.local.means.dtype}, "
                 f"rows=[{self.start}, {self.stop}), rank={self.rank}/{self.world_size}")
+
+
+def _forget_completeness(module: ShardedLatentCache, incompatible_keys: object) -> None:
+    """After load_state_dict (every rank loads its shard), check completeness afresh."""
+    module._known_complete = False
 
 
 def _promoted(codes: list[int]) -> torch.dtype:

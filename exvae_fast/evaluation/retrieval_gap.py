@@ -11,7 +11,9 @@ with z ~ q(z | x) and the M' exemplars taking part:
     gap_k(x)   = log r(z) - log r_k(z) >= 0  nats;   exp(-gap_k) = the share of r(z) they carry
 
 kNN_k(mu) are the k cached means nearest to the row's posterior mean mu_phi(x) (Euclidean, as
-Algorithm 1 retrieves them), not to z. In training Algorithm 1 also restricts the search to a
+Algorithm 1 retrieves them), not to z; with an approximate index attached to the cache
+(`LatentCache.attach_index`) they are that index's neighbours, as in training, so the gap
+then also counts what the approximate search misses. In training Algorithm 1 also restricts the search to a
 random half of the exemplars; this measures the approximation itself, without that sampling.
 Everything after the neighbour search is computed in float64.
 """
