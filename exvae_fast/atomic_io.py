@@ -3,8 +3,24 @@ metrics, augmented data sets)."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from typing import IO, Callable
+
+
+def _create_temp(folder: str, base: str) -> tuple[int, str]:
+    """Open a new, uniquely named temp file in `folder` for writing: (fd, path).
+
+    Created with mode 0o666 less the umask, as open() would: mkstemp's 0o600 would survive the
+    rename and leave data files and run folders unreadable to everyone else.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name for {base!r} in {folder!r}")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None],
@@ -19,7 +35,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = _create_temp(folder, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

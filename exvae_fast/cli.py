@@ -6,8 +6,8 @@ a diverged training run exits with 3. Set EXVAE_DEBUG=1 to see the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -110,8 +110,9 @@ def _print_metrics(m: dict) -> None:
         line += f"; {m['bits_per_dim']:.4f} bits/dim"
     print(line)
     if "knn_error" in m:
+        errors = sorted(m["knn_error"].items(), key=lambda item: int(item[0]))  # JSON keys: "1", "10", "3"
         print("kNN classification error of the posterior means: "
-              + ", ".join(f"k={k} {100 * error:.2f}%" for k, error in m["knn_error"].items()))
+              + ", ".join(f"k={k} {100 * error:.2f}%" for k, error in errors))
     gap = m.get("retrieval_gap") or {}
     for split in (m["split"], "train"):
         if split in gap:
@@ -242,7 +243,8 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .atomic_io import atomic_write_text
-    from .run_table import METRIC_KEYS, csv_text, find_runs, latex_report, long_records, markdown_report, metric_chart
+    from .run_table import (METRIC_KEYS, csv_text, find_runs, json_text, latex_report, long_records, markdown_report,
+                            metric_chart)
 
     metrics = METRIC_KEYS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = [m for m in metrics if m not in METRIC_KEYS]
@@ -263,7 +265,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         if args.csv is not None:
             atomic_write_text(args.csv, csv_text(records))
         if args.json is not None:
-            atomic_write_text(args.json, json.dumps(records, indent=2) + "\n")
+            atomic_write_text(args.json, json_text(records))
     return 0
 
 
@@ -288,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"exvae {args.command}: training diverged: {err}", file=sys.stderr)
         return 3
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as err:
+    # OSError: an output path that is a folder or not writable; UnpicklingError: a refused data pickle.
+    except (ValueError, TypeError, OSError, pickle.UnpicklingError, RuntimeError, ImportError) as err:
         if os.environ.get("EXVAE_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

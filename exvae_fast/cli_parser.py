@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sa = trained_run_parser(sub, "sample", help="draw samples from a trained run into a PNG grid")
     sa.add_argument("--kind", default="unconditional", help=f"one of {', '.join(SAMPLE_KINDS)}")
-    sa.add_argument("--n", type=int, default=10, help="rows (exemplars / chains); 100 images for unconditional")
-    sa.add_argument("--per-row", type=int, default=10, help="samples per exemplar, or steps of iterative generation")
+    sa.add_argument("--n", type=int, default=10,
+                    help="rows: exemplars, chains, or (unconditional) rows of --per-row samples")
+    sa.add_argument("--per-row", type=int, default=10,
+                    help="samples per row (per exemplar), or steps of iterative generation")
     sa.add_argument("--from-noise", action="store_true", help="iterative generation starting from uniform noise")
     sa.add_argument("--out", type=Path, required=True, help="output PNG")
 

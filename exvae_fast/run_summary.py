@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .run_table import flatten, markdown_table, row_name
-from .train.config import RunConfig, config_to_dict
+from .run_table import markdown_table, row_name
+from .train.config import RunConfig, config_to_dict, flatten
 
 PICTURES = (("loss_curve.png", "Training curves"), ("samples.png", "Samples"),
             ("exemplar_samples.png", "Exemplar-conditioned samples (each row: an exemplar, then its samples)"),

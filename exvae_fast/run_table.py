@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .train.config import DATASETS, config_to_dict, load_config_json
+from .train.config import DATASETS, config_to_dict, flatten, load_config_json
 from .train.run_files import RunFiles
 
 NOT_EXPERIMENT_SETTINGS = frozenset({
@@ -91,20 +91,12 @@ class Experiment:
     runs: list[Run] = field(default_factory=list)
     label: str = ""
 
+    def measured(self, metric: Metric) -> list[tuple[Run, float]]:
+        """(run, value) for the runs that measured `metric`."""
+        return [(r, v) for r in self.runs if (v := metric.read(r.metrics or {})) is not None]
+
     def values(self, metric: Metric) -> list[float]:
-        return [v for r in self.runs if (v := metric.read(r.metrics or {})) is not None]
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"seed": 0}} -> {"train.seed": 0}."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
+        return [v for _, v in self.measured(metric)]
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -257,7 +249,9 @@ def metric_table(experiments: Sequence[Experiment], metric: Metric) -> str | Non
 
 
 LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+                 # bare in text, these print as other glyphs in LaTeX's default (OT1) encoding
+                 "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
 def latex_escape(text: str) -> str:
@@ -361,18 +355,26 @@ def _notes(runs: Sequence[Run], experiments: Sequence[Experiment]) -> list[str]:
 
 def long_records(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> list[dict[str, Any]]:
     """One record per (experiment, metric) that was measured: label, data set, mean, sample
-    std (None for one run), count, seeds and run folders."""
+    std (None for one run), count, and the seeds and run folders that measured it."""
     records = []
     for e in sorted(group_experiments(runs), key=lambda e: (e.dataset, _row_order(e))):
         for metric in _chosen(metrics):
-            values = e.values(metric)
-            if not values:
+            measured = e.measured(metric)
+            if not measured:
                 continue
-            mean, std = mean_std(values)
+            mean, std = mean_std([v for _, v in measured])
             records.append({"label": e.label, "dataset": e.dataset, "metric": metric.key, "mean": mean,
-                            "std": std, "n": len(values), "seeds": [r.config["train.seed"] for r in e.runs],
-                            "runs": [str(r.path) for r in e.runs], "settings": e.settings})
+                            "std": std, "n": len(measured), "seeds": [r.config["train.seed"] for r, _ in measured],
+                            "runs": [str(r.path) for r, _ in measured], "settings": e.settings})
     return records
+
+
+def json_text(records: Sequence[dict[str, Any]]) -> str:
+    """`long_records` as standard JSON: a NaN / infinite mean or std is written as null."""
+    def finite(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    rows = [{key: finite(value) for key, value in r.items()} for r in records]
+    return json.dumps(rows, indent=2, allow_nan=False) + "\n"
 
 
 def csv_text(records: Sequence[dict[str, Any]]) -> str:

@@ -111,3 +111,10 @@ def test_the_celeba_architecture_takes_your_colour_images(tmp_path):
                  "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "runs" / "faces" / "metrics.json").read_text())
     assert metrics["model"] == "celeba" and metrics["bits_per_dim"] > 0
+
+
+def test_a_npy_file_is_a_clear_value_error_naming_it(tmp_path):
+    path = tmp_path / "mine.npy"
+    np.save(path, np.zeros((10, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match=r"mine\.npy.*np\.savez"):
+        load_dataset("array", path)

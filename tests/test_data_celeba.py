@@ -174,3 +174,12 @@ def test_bad_options(tmp_path, options, message):
     make_folder(tmp_path, 3)
     with pytest.raises(ValueError, match=message):
         load_dataset("celeba", tmp_path, **options)
+
+
+def test_an_image_listed_twice_is_refused(tmp_path):
+    folder = make_folder(tmp_path, 4)
+    names = sorted(p.name for p in folder.iterdir())
+    lines = [f"{names[0]} 0", f"{names[1]} 0", f"{names[2]} 1", f"{names[3]} 2", f"{names[0]} 2"]
+    (tmp_path / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"line 5 lists {names[0]} again"):
+        load_dataset("celeba", tmp_path)

@@ -151,9 +151,16 @@ def test_files_without_checksum_are_validated_by_their_reader(server, tmp_path, 
     assert path.read_bytes() == (tmp_path / "good.mat").read_bytes()
 
 
-def test_frey_faces_pickle_is_validated(server, tmp_path, monkeypatch):
+REFUSED = b"cos\nsystem\n(S'true'\ntR."  # a pickle calling os.system
+
+
+def good_pickle() -> bytes:
     images = np.random.default_rng(0).integers(0, 256, (500, 560), dtype=np.uint8)
-    server.files["/frey.pkl"] = pickle.dumps([images], protocol=2)
+    return pickle.dumps([images], protocol=2)
+
+
+def test_frey_faces_pickle_is_validated(server, tmp_path, monkeypatch):
+    server.files["/frey.pkl"] = good_pickle()
     monkeypatch.setitem(dl.SOURCES, "frey-faces", (dl.RemoteFile("freyfaces.pkl", (f"{server.url}/frey.pkl",), None),))
     dl.download_dataset("frey-faces", tmp_path / "frey", progress=False)
     assert load_dataset("frey-faces", tmp_path / "frey").test.shape == (200, 560)
@@ -190,3 +197,26 @@ def test_a_missing_data_set_says_how_to_get_it(tmp_path):
         load_dataset("mnist", tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="img_align_celeba.zip"):
         load_dataset("celeba", tmp_path / "nope")
+
+
+def test_a_refused_pickle_on_a_mirror_falls_back_to_the_next(server, tmp_path, monkeypatch):
+    server.files["/evil/freyfaces.pkl"] = REFUSED
+    server.files["/good/freyfaces.pkl"] = good_pickle()
+    monkeypatch.setitem(dl.SOURCES, "frey-faces", (dl.RemoteFile(
+        "freyfaces.pkl", (f"{server.url}/evil/freyfaces.pkl", f"{server.url}/good/freyfaces.pkl"), None),))
+    root = tmp_path / "frey"
+    (path,) = dl.download_dataset("frey-faces", root, progress=False)
+    assert path.read_bytes() == server.files["/good/freyfaces.pkl"]
+    assert [p.name for p in root.iterdir()] == ["freyfaces.pkl"]
+    assert load_dataset("frey-faces", root).test.shape == (200, 560)
+
+
+def test_an_existing_refused_pickle_is_fetched_again(server, tmp_path, monkeypatch):
+    server.files["/good/freyfaces.pkl"] = good_pickle()
+    monkeypatch.setitem(dl.SOURCES, "frey-faces", (dl.RemoteFile(
+        "freyfaces.pkl", (f"{server.url}/good/freyfaces.pkl",), None),))
+    root = tmp_path / "frey"
+    root.mkdir()
+    (root / "freyfaces.pkl").write_bytes(REFUSED)
+    (path,) = dl.download_dataset("frey-faces", root, progress=False)
+    assert path.read_bytes() == server.files["/good/freyfaces.pkl"]

@@ -9,8 +9,8 @@ import statistics
 import pytest
 
 from exvae_fast.cli import main
-from exvae_fast.run_table import (METRICS, find_runs, group_experiments, latex_escape, latex_report, long_records,
-                                  markdown_report, mean_spread, metric_table)
+from exvae_fast.run_table import (METRICS, find_runs, group_experiments, json_text, latex_escape, latex_report,
+                                  long_records, markdown_report, mean_spread, metric_table)
 from exvae_fast.train.config import apply_overrides, RunConfig, save_config_json
 
 METRIC = {m.key: m for m in METRICS}
@@ -74,6 +74,23 @@ def test_runs_repeating_one_experiment_are_averaged(study):
     knn = records[("mnist-5k", "Exemplar VAE (retrieval, k=10)", "knn_error.1")]
     assert knn["mean"] == pytest.approx(4.0)  # in percent
     assert ("mnist-5k", "VAE w/ VampPrior (500)", "knn_error.1") not in records  # not measured there
+
+
+def test_a_record_names_only_the_runs_that_measured_its_metric(tmp_path):
+    make_run(tmp_path, "s0", ["train.seed=0"], metrics_of(-95.0, knn=0.04))
+    make_run(tmp_path, "s1", ["train.seed=1"], metrics_of(-96.0))  # evaluated without labels
+    records = {r["metric"]: r for r in long_records(find_runs([tmp_path]))}
+    assert records["log_likelihood"]["seeds"] == [0, 1] and records["log_likelihood"]["n"] == 2
+    knn = records["knn_error.1"]
+    assert knn["n"] == 1 and knn["seeds"] == [0] and knn["runs"] == [str((tmp_path / "s0").resolve())]
+
+
+def test_json_records_write_a_nan_mean_as_null(tmp_path):
+    make_run(tmp_path, "s0", [], metrics_of(float("nan")))
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+    records = json.loads(json_text(long_records(find_runs([tmp_path]))), parse_constant=refuse)
+    assert {r["metric"]: r["mean"] for r in records}["log_likelihood"] is None
 
 
 def test_markdown_tables_have_one_column_per_dataset_and_bold_best(study):
@@ -212,3 +229,16 @@ def test_a_chart_of_one_metric(study, tmp_path):
         metric_chart(runs, "fid", tmp_path / "x.png")
     with pytest.raises(ValueError, match="no evaluated run holds 'bits_per_dim'"):
         metric_chart(runs, "bits_per_dim", tmp_path / "x.png")
+
+
+def test_comparison_signs_are_escaped():
+    # In LaTeX's default OT1 encoding a bare ">" prints as an inverted question mark.
+    assert latex_escape("Var(mu) > threshold < 1 | 2") == \
+        r"Var(mu) \textgreater{} threshold \textless{} 1 \textbar{} 2"
+
+
+def test_active_units_caption_has_no_bare_greater_sign(tmp_path):
+    make_run(tmp_path, "a", ["prior.name=standard"], metrics_of(-90.0))
+    text = latex_report(find_runs([tmp_path]), ["active_units"])
+    caption = next(line for line in text.splitlines() if line.startswith(r"\caption"))
+    assert ">" not in caption and r"\textgreater{}" in caption

@@ -33,10 +33,18 @@ CHANNELS = (1, 3)
 
 def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {key: f[key] for key in f.files}
+        content = np.load(path, allow_pickle=False)
+        if isinstance(content, np.ndarray):  # a .npy file: one array, no split names
+            arrays = None
+        else:
+            with content as f:
+                arrays = {key: f[key] for key in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"{NAME}: cannot read {str(path)!r} as a NumPy .npz file: {err}") from err
+    if arrays is None:
+        raise ValueError(f"{NAME}: {str(path)!r} holds a single array (.npy), not a .npz archive; save the "
+                         "images with np.savez(path, train=images, ...)")
+    return arrays
 
 
 def _image_shape(array: np.ndarray, key: str) -> tuple[tuple[int, int, int], bool]:

@@ -75,6 +75,8 @@ def _partition_from_file(path: Path, names: list[str]) -> dict[str, list[str]]:
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
             raise ValueError(f"{NAME}: {str(path)!r} line {number} is {line!r}; expected "
                              f"'<file name> <0|1|2>'")
+        if fields[0] in listed:  # it would be in two splits, or twice in one
+            raise ValueError(f"{NAME}: {str(path)!r} line {number} lists {fields[0]} again")
         parts[SPLITS[int(fields[1])]].append(fields[0])
         listed.add(fields[0])
     missing = sorted(listed.difference(names))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import pickle
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -127,7 +128,7 @@ def _check_readable(name: str, remote: RemoteFile, path: str | os.PathLike) -> N
     if remote.md5 is None:
         try:
             load_dataset(name, path)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, pickle.UnpicklingError) as err:  # the latter: a refused pickle
             raise ValueError(f"not a valid {remote.name}: {err}") from err
 
 

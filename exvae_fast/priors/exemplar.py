@@ -38,7 +38,8 @@ MODES = ("exact", "retrieval")
 class ExemplarPrior(Prior):
     """Exemplar prior over `exemplars` [N, D] (the non-binarised training images).
 
-    num_exemplars: M, the per-step sub-sample (default: half the exemplars, paper L.2).
+    num_exemplars: M, the per-step sub-sample (default: half the exemplars, paper L.2, at least
+        2 so that leave-one-out leaves a component).
     k: neighbours per row in retrieval mode (paper: 10; 5 for CelebA).
     init_log_var: starting value of log sigma^2.
     backend: ops backend ("auto" | "torch" | "triton" | "cpp") for every op call.
@@ -62,11 +63,13 @@ class ExemplarPrior(Prior):
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         self.latent_dim = check_count(latent_dim, "latent_dim")
         self.mode = mode
-        self.num_exemplars = num_items // 2 if num_exemplars is None else check_count(num_exemplars, "num_exemplars")
+        self.num_exemplars = max(2, num_items // 2) if num_exemplars is None else check_count(num_exemplars, "num_exemplars")
         if self.num_exemplars > num_items:
             raise ValueError(f"num_exemplars: expected at most the {num_items} exemplars, got {self.num_exemplars}")
         self.k = check_count(k, "k")
         available = self.num_exemplars - int(leave_one_out)
+        if available < 1:  # a row drawing its own exemplar would have an empty prior
+            raise ValueError(f"num_exemplars: expected at least 2 with leave-one-out, got {self.num_exemplars}")
         if mode == "retrieval" and self.k > available:
             raise ValueError(f"k: expected at most {available} (num_exemplars"
                              f"{' - 1 for leave-one-out' if leave_one_out else ''}), got {self.k}")

@@ -390,6 +390,18 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return out
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"seed": 0}} -> {"train.seed": 0}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Nested plain dicts (JSON-serialisable; None stays None)."""
     return dataclasses.asdict(cfg)

@@ -23,7 +23,7 @@ from ..ops.validation import NonFiniteError
 from ..priors import ExemplarPrior
 from .builder import build, load_data
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .config import RunConfig, config_from_dict, config_to_dict, save_config_json
+from .config import RunConfig, config_from_dict, config_to_dict, flatten, save_config_json
 from .ddp import (all_finite, epoch_order, full_state_dict, gather_objects, join, mean_across,
                   rank_batches, shard_model, sum_across)
 from .optim import NormalizedAdam
@@ -32,6 +32,12 @@ from .run_files import RunFiles, append_jsonl, truncate_jsonl, write_json
 
 PROGRESS_EVERY = 20
 """Steps between updates of the progress bar's loss (each reads the device)."""
+
+RESUME_MAY_CHANGE = ("name", "out_dir", "data.root", "train.epochs", "train.early_stopping_patience",
+                     "train.device", "train.tensorboard", "train.eval_batch_size", "prior.backend",
+                     "prior.index_threads", "eval.")
+"""Config keys (a trailing dot: a whole section) that a resume may change: where and how long to
+train and how to evaluate, never what is trained."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -131,6 +137,7 @@ class Trainer:
         """Continue exactly from the run folder's last checkpoint (written by a team of the
         same size: each rank restores its own RNG state)."""
         ckpt = load_checkpoint(self.files.last_checkpoint, map_location=self.device)
+        check_resume_config(ckpt.get("config", {}), self.cfg, self.files.last_checkpoint)
         world = ckpt.get("world_size", 1)
         if world != self.team.world:
             raise ValueError(f"resume: {self.files.last_checkpoint} was written by {world} training "
@@ -187,9 +194,11 @@ class Trainer:
                     record.update(self._end_of_epoch(self.state.epoch))
                 except NonFiniteError as err:  # an op refused NaN/Inf latents, means or log-variance
                     raise self._diverged(f"non-finite values reached the prior ({err})") from err
-                if main:
+                if main:  # the record first: a crash before the checkpoint reruns the epoch (resume
+                    # truncates the log to the checkpoint), never loses the epoch's record
                     append_jsonl(self.files.metrics_log, record)
                     self._log_tensorboard(record)
+                self._save_checkpoints(record["improved"])
                 stopped_early = self.state.bad_epochs >= t.early_stopping_patience
         finally:
             if self._writer is not None:
@@ -259,32 +268,39 @@ class Trainer:
         refresh_exemplar_cache(self.model, t.eval_batch_size)  # serves validation and the next epoch
         val = evaluate_elbo(self.model, self.data.val, batch_size=t.eval_batch_size, progress=False)
         val = mean_across(val, self.team, self.device)  # one decision for every rank
+        if not all_finite(_finite_state(self.model), self.team):
+            raise self._diverged("the parameters became non-finite")
+        if not math.isfinite(val["elbo"]):  # equal on every rank: averaged above
+            raise self._diverged(f"the validation ELBO became {val['elbo']}")
         s = self.state
         improved = val["elbo"] > s.best_val_elbo
         if improved:
             s.best_val_elbo, s.best_epoch, s.bad_epochs = val["elbo"], epoch, 0
         else:
             s.bad_epochs += 1
-        if not all_finite(_finite_state(self.model), self.team):
-            raise self._diverged("the parameters became non-finite")
-        state = self._checkpoint_state()
-        if self.team.is_main:
-            if improved:
-                save_checkpoint(self.files.best_checkpoint, state)
-            save_checkpoint(self.files.last_checkpoint, state)
         record = {"val_elbo": val["elbo"], "val_kl": val["kl"], "val_neg_recon": val["neg_recon"],
                   "best_val_elbo": s.best_val_elbo, "improved": improved}
         if isinstance(self.model.prior, ExemplarPrior):
             record["prior_log_var"] = float(self.model.prior.log_var.detach())
         return record
 
+    def _save_checkpoints(self, improved: bool) -> None:
+        """Write the last checkpoint, and the best one when the epoch `improved` (collective in
+        a team, rank 0 writes); only after the end-of-epoch checks passed."""
+        state = self._checkpoint_state()
+        if self.team.is_main:
+            if improved:
+                save_checkpoint(self.files.best_checkpoint, state)
+            save_checkpoint(self.files.last_checkpoint, state)
+
     def _diverged(self, what: str) -> TrainingDiverged:
         """The error that stops a diverged run: what happened, where, and the checkpoint that
         is kept (the previous epoch's: a checkpoint is only written after the checks pass)."""
+        kept = (f"the last good checkpoint is {self.files.last_checkpoint} (epoch {self.state.epoch - 1})"
+                if self.state.epoch > 1 else "no checkpoint was written (it diverged in the first epoch)")
         return TrainingDiverged(
             f"{what} in epoch {self.state.epoch}, after {self.state.step} optimisation steps; training "
-            f"stopped; the last good checkpoint is {self.files.last_checkpoint} (epoch {self.state.epoch - 1}). "
-            "Try a lower train.lr or another seed.")
+            f"stopped; {kept}. Try a lower train.lr or another seed.")
 
     def _log_tensorboard(self, record: dict) -> None:
         if not self.cfg.train.tensorboard:
@@ -308,6 +324,21 @@ def _finite_state(model: torch.nn.Module) -> torch.Tensor:
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
     return torch.stack([(t.detach() * 0).sum(dtype=torch.float32) for t in tensors]).sum() if tensors \
         else torch.zeros(())
+
+
+def check_resume_config(saved: dict, cfg: RunConfig, checkpoint: Path) -> None:
+    """ValueError naming the first setting of `cfg` that differs from `saved` (the checkpoint's
+    `config_to_dict`) outside RESUME_MAY_CHANGE: a resume continues the checkpoint's run, whose
+    restored optimizer and RNG would silently keep the old settings (or fail to load)."""
+    before, now = flatten(saved), flatten(config_to_dict(cfg))
+    for key, value in now.items():
+        may_change = key in RESUME_MAY_CHANGE or f"{key.partition('.')[0]}." in RESUME_MAY_CHANGE
+        if key in before and before[key] != value and not may_change:
+            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_MAY_CHANGE)
+            raise ValueError(
+                f"resume: {key} is {value!r} but {checkpoint} was trained with {before[key]!r}; a resume "
+                f"continues the same run, so only {allowed} may change; train a new run (another "
+                "--name) for other settings")
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:

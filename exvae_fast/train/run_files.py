@@ -88,13 +88,25 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def truncate_jsonl(path: Path, last_epoch: int) -> None:
-    """Drop records of epochs after `last_epoch` (written after the checkpoint a resume starts from)."""
+    """Drop records of epochs after `last_epoch` (written after the checkpoint a resume starts
+    from), and a last line torn by a crash during `append_jsonl`."""
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("epoch", 0) <= last_epoch]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if lines and not _is_json(lines[-1]):
+        lines.pop()
+    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= last_epoch]
     text = "".join(line + "\n" for line in kept)
     atomic_write_text(path, text)
+
+
+def _is_json(line: str) -> bool:
+    """Whether `line` parses as JSON."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def write_json(path: Path, data: dict) -> None:
