@@ -168,7 +168,10 @@ class ExemplarPrior(Prior):
     def _log_prob_retrieval(self, z: Tensor, encoder: Encoder, query: Tensor, indices: Tensor) -> Tensor:
         self.cache.check_complete()
         # The batch's own fresh means go in first, so that rows of this batch find each
-        # other with up-to-date positions; self-matches are excluded by the search.
+        # other with up-to-date positions; self-matches are excluded by the search. As in
+        # Algorithm 1 (Cache.update(i, mu_i)) these are the means of the training inputs,
+        # dynamically binarised for grey data, until a re-encoding of the (grey) exemplar
+        # as a neighbour or the epoch's refresh writes the exemplar's own mean.
         self.cache.update_(indices, query, backend=self._update_backend)
         subset = self._draw_subset()
         exclude = indices if self.leave_one_out else None
