@@ -174,6 +174,23 @@ def test_apply_overrides_errors_name_the_key(item, pattern):
         apply_overrides(RunConfig(), [item])
 
 
+@pytest.mark.parametrize("items, pattern", [
+    (["prior.num_exemplars=1", "prior.mode=exact"],
+     r"prior\.num_exemplars: expected at least 2 with prior\.leave_one_out, got 1"),
+    (["prior.num_exemplars=10"], r"prior\.k: expected at most prior\.num_exemplars - 1 \(leave-one-out\) = 9, got 10"),
+    (["prior.num_exemplars=5", "prior.leave_one_out=false"], r"prior\.k: expected at most prior\.num_exemplars = 5, got 10"),
+])
+def test_an_exemplar_subsample_too_small_for_its_rows_is_refused(items, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        apply_overrides(RunConfig(), items)
+
+
+def test_exemplar_subsample_settings_that_leave_every_row_components():
+    for items in (["prior.num_exemplars=11"], ["prior.num_exemplars=10", "prior.leave_one_out=false"],
+                  ["prior.num_exemplars=2", "prior.mode=exact"], ["prior.num_exemplars=1", "prior.name=standard"]):
+        apply_overrides(RunConfig(), items)
+
+
 def test_components_per_step_must_not_exceed_num_components():
     cfg = apply_overrides(RunConfig(), ["prior.name=vamp", "prior.num_components=100", "prior.components_per_step=50"])
     assert cfg.prior.components_per_step == 50
@@ -224,7 +241,7 @@ def test_save_config_json_is_atomic_and_round_trips(tmp_path):
 @given(
     epochs=st.integers(1, 10**6),
     lr=st.floats(1e-8, 10.0, allow_nan=False),
-    num_exemplars=st.none() | st.integers(1, 10**6),
+    num_exemplars=st.none() | st.integers(1001, 10**6),  # room for every k drawn
     k=st.integers(1, 1000),
     mode=st.sampled_from(["exact", "retrieval"]),
     tensorboard=st.booleans(),

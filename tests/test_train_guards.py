@@ -1,7 +1,6 @@
 """What the trainer refuses or stops on, and what it keeps: a resume with a changed config,
 a divergence before any checkpoint, a non-finite validation ELBO, a metrics log torn by a
-crash, a crash between the metrics record and the checkpoint, a sub-sample leaving a row no
-exemplar."""
+crash, a crash between the metrics record and the checkpoint."""
 from __future__ import annotations
 
 import json
@@ -114,9 +113,3 @@ def test_a_non_finite_validation_elbo_stops_training_and_keeps_the_checkpoint(tm
     kept = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
     assert kept["state"]["epoch"] == 1
 
-
-def test_trainer_refuses_a_single_exemplar_with_leave_one_out_before_training(tmp_path):
-    cfg = tiny_config(tmp_path, **{"prior.mode": "exact", "prior.num_exemplars": 1})
-    with pytest.raises(ValueError, match="num_exemplars"):
-        Trainer(cfg, progress=False)
-    assert not (tmp_path / "run").exists()

@@ -183,6 +183,19 @@ def _positive_finite(key: str, value: float) -> None:
         raise ConfigError(f"{key}: expected a finite number > 0, got {value!r}")
 
 
+def _check_exemplar_subsample(p: PriorConfig) -> None:
+    """ConfigError unless the sub-sample M = prior.num_exemplars leaves every row a component
+    (leave-one-out takes one) and, in retrieval mode, prior.k neighbours; checked again against
+    the training-set size when the prior is built."""
+    available = p.num_exemplars - int(p.leave_one_out)
+    if available < 1:
+        raise ConfigError("prior.num_exemplars: expected at least 2 with prior.leave_one_out, got "
+                          f"{p.num_exemplars}")
+    if p.mode == "retrieval" and p.k > available:
+        less = " - 1 (leave-one-out)" if p.leave_one_out else ""
+        raise ConfigError(f"prior.k: expected at most prior.num_exemplars{less} = {available}, got {p.k}")
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Check field types, enumerations and ranges; raise ConfigError naming the first bad key."""
     if not isinstance(cfg, RunConfig):
@@ -237,6 +250,8 @@ def validate_config(cfg: RunConfig) -> None:
     _choice("prior.mode", p.mode, MODES)
     _at_least("prior.num_exemplars", p.num_exemplars, 1, optional=True)
     _at_least("prior.k", p.k, 1)
+    if p.name == "exemplar" and p.num_exemplars is not None:
+        _check_exemplar_subsample(p)
     if not math.isfinite(p.init_log_var):
         raise ConfigError(f"prior.init_log_var: expected a finite number, got {p.init_log_var!r}")
     _choice("prior.backend", p.backend, BACKENDS)
