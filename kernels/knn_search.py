@@ -1,6 +1,6 @@
 """Fused top-k L2 search (`knn_search`, backend "triton"): two stages, parallel over the keys.
 
-Stage 1, `_scan_kernel`, grid (chunks, ceil(B / BLOCK_B)), chunks ~ PROGRAMS_PER_SM x SMs: a
+Stage 1, `_scan_kernel`, grid (ceil(B / BLOCK_B), chunks), chunks ~ PROGRAMS_PER_SM x SMs: a
 program owns BLOCK_B query rows (all of them when B <= BLOCK_B) and one chunk of the searched
 pool (the keys, or the positions of `candidates`), walked in blocks of BLOCK_N keys. Distances
 of a [BLOCK_B, BLOCK_N] tile come from ||q||^2 + ||x||^2 - 2 q.x with
@@ -56,6 +56,9 @@ SCAN_BLOCK_D = 16
 """Width of the D slices of the scan's dot (16: the smallest tl.dot accepts)."""
 CHUNK_ALIGN = 256
 """GPU: chunk lengths are multiples of this (a multiple of every BLOCK_N)."""
+MAX_OFFSET = 2**31 - 1
+"""Largest element offset of a query row or a dimension the kernels address (int32); the
+launcher copies or splits operands to stay within it."""
 INTERPRETER_CONFIG = {"BLOCK_B": 16, "BLOCK_N": 16, "MAX_CHUNKS": 3, "BLOCK_C": 2, "BLOCK_R": 16,
                       "SELECT": 1}
 """Fixed launch configuration under TRITON_INTERPRET=1 (no autotuning there); tests shrink it
@@ -98,15 +101,21 @@ def _empty_slots(ROWS: tl.constexpr, K: tl.constexpr):
     return tl.full([ROWS, K], _NO_KEY, tl.int64) - lane[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_queries", "n_pool", "pool_key"])
 def _scan_kernel(q_ptr, k_ptr, cand_ptr, excl_ptr, part_ptr,
                  n_queries, n_pool, chunk_size, n_chunks, dim,
-                 stride_qb, stride_qd, stride_kn, stride_kd,
+                 stride_qb, stride_qd, stride_kn, stride_kd, pool_key,
                  HAS_CAND: tl.constexpr, HAS_EXCL: tl.constexpr, K_SEL: tl.constexpr,
                  D_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, SELECT: tl.constexpr):
-    chunk = tl.program_id(0)
-    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    # grid (row blocks, chunks): the row blocks on axis 0, whose limit is 2^31 - 1 (axis 1
+    # stops at 65535, i.e. B ~ 1M at BLOCK_B = 16); n_chunks stays ~PROGRAMS_PER_SM x SMs.
+    # pool_key (next_pow2(n_pool)) is only the autotuning key: the exact size would re-run
+    # the autotuning at every new pool size (the shards' candidate counts vary per step).
+    # Offsets of query rows and of dimensions are int32 (int64 ones spill under Triton 3.6):
+    # the launcher keeps each of them below 2^31 (`_int32_offsets`); key rows are int64.
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    chunk = tl.program_id(1)
     row_ok = rows < n_queries
     start = chunk * chunk_size
     stop = tl.minimum(start + chunk_size, n_pool)
@@ -114,13 +123,14 @@ def _scan_kernel(q_ptr, k_ptr, cand_ptr, excl_ptr, part_ptr,
         skip = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
 
     # query tile: the first D slice stays in registers; ||q||^2 once per program
+    q_rows = q_ptr + rows[:, None] * stride_qb
     dd0 = tl.arange(0, BLOCK_D)
-    q_first = tl.load(q_ptr + rows[:, None] * stride_qb + dd0[None, :] * stride_qd,
+    q_first = tl.load(q_rows + dd0[None, :] * stride_qd,
                       mask=row_ok[:, None] & (dd0 < dim)[None, :], other=0.0).to(tl.float32)
     q_norm = tl.sum(q_first * q_first, axis=1)
     for d0 in tl.static_range(BLOCK_D, D_PAD, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
-        q = tl.load(q_ptr + rows[:, None] * stride_qb + dd[None, :] * stride_qd,
+        dd = d0 + dd0
+        q = tl.load(q_rows + dd[None, :] * stride_qd,
                     mask=row_ok[:, None] & (dd < dim)[None, :], other=0.0).to(tl.float32)
         q_norm += tl.sum(q * q, axis=1)
 
@@ -135,11 +145,11 @@ def _scan_kernel(q_ptr, k_ptr, cand_ptr, excl_ptr, part_ptr,
         dot = tl.zeros([BLOCK_B, BLOCK_N], tl.float32)
         k_norm = tl.zeros([BLOCK_N], tl.float32)
         for d0 in tl.static_range(0, D_PAD, BLOCK_D):
-            dd = d0 + tl.arange(0, BLOCK_D)
+            dd = d0 + dd0
             if d0 == 0:
                 q = q_first
             else:
-                q = tl.load(q_ptr + rows[:, None] * stride_qb + dd[None, :] * stride_qd,
+                q = tl.load(q_rows + dd[None, :] * stride_qd,
                             mask=row_ok[:, None] & (dd < dim)[None, :], other=0.0).to(tl.float32)
             kt = tl.load(k_ptr + idx[None, :] * stride_kn + dd[:, None] * stride_kd,
                          mask=pos_ok[None, :] & (dd < dim)[:, None], other=0.0).to(tl.float32)
@@ -202,7 +212,7 @@ def _merge_kernel(part_ptr, q_ptr, k_ptr, dist_ptr, index_ptr,
     idx = best & _LOW31
     acc = tl.zeros([BLOCK_R, K_SEL], tl.float64)
     for d0 in tl.static_range(0, D_PAD, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
+        dd = d0 + tl.arange(0, BLOCK_D)  # int32: see _scan_kernel
         q = tl.load(q_ptr + rows[:, None] * stride_qb + dd[None, :] * stride_qd,
                     mask=row_ok[:, None] & (dd < dim)[None, :], other=0.0)
         x = tl.load(k_ptr + idx[:, :, None] * stride_kn + dd[None, None, :] * stride_kd,
@@ -223,8 +233,9 @@ _TILES = ((16, 64, 4, _BOTH), (32, 64, 8, _BOTH), (64, 64, 16, (SELECT_EXTRACT,)
           (16, 128, 8, (SELECT_TOPK,)), (16, 256, 8, (SELECT_EXTRACT,)))
 """GPU config space: (BLOCK_B, BLOCK_N, num_warps, SELECT methods); BLOCK_N must cover K_SEL
 and divide CHUNK_ALIGN. For d = 40 and K_SEL 16 to 64 each compiles for sm_90 with at most
-32 B of stack per thread under Triton 3.8 and 3.6 (the GPU image's); K_SEL 128 (k > 60) spills
-56 B or more under 3.6 whatever the tile (bench/results/sm90-compile/knn_tiles.log). The former
+24 B of stack per thread under Triton 3.8 and, under 3.6 (the GPU image's), at most 16 B but
+16 x 256 with min extraction (40 B); K_SEL 128 (k > 60) spills 56 B or more under 3.6 whatever
+the tile (bench/results/sm90-compile/knn_tiles.log, last section). The former
 32 x 64 on 4 warps and 64 x 64 on 8 warps spilled 72 to 168 B."""
 _TUNED: dict[tuple[int, int], object] = {}
 
@@ -244,7 +255,9 @@ def _default_config(k_sel: int) -> dict:
 def _tuned_scan(k_sel: int, block_b_cap: int):
     """The autotuned scan for K_SEL and a BLOCK_B cap (the batch rounded up to a power of
     two): a small config space, cached per problem key by triton.autotune, in memory and on
-    disk (the timings of every config in Triton's cache directory, _scan_kernel.autotune.json)."""
+    disk (the timings of every config in Triton's cache directory, _scan_kernel.autotune.json).
+    The key holds the pool size rounded up to a power of two (pool_key) and, through the
+    cap, the batch's: exact sizes would re-tune at every new size."""
     key = (k_sel, block_b_cap)
     if key not in _TUNED:
         configs = [triton.Config({"BLOCK_B": bb, "BLOCK_N": bn, "SELECT": select},
@@ -252,7 +265,7 @@ def _tuned_scan(k_sel: int, block_b_cap: int):
                    for bb, bn, warps, selects in _TILES if bn >= k_sel and bb <= block_b_cap
                    for select in selects]
         _TUNED[key] = triton.autotune(
-            configs, key=["n_queries", "n_pool", "dim", "HAS_CAND", "HAS_EXCL"],
+            configs, key=["pool_key", "dim", "HAS_CAND", "HAS_EXCL"],
             cache_results=True)(_scan_kernel)
     return _TUNED[key]
 
@@ -261,14 +274,39 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _largest_offset(t: Tensor) -> int:
+    """The element offset of t's last element from its first (strides are never negative)."""
+    return sum((n - 1) * stride for n, stride in zip(t.shape, t.stride()) if n > 0)
+
+
 def _launch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None,
             exclude: Tensor | None) -> tuple[Tensor, Tensor]:
     """The two-stage search on validated inputs (see the module docstring); k <= MAX_K.
 
     queries [B, d] float, keys [N, d] float32/bfloat16/float16 (any float), candidates int64
     [M] unique or None, exclude int64 [B] or None. Returns float32 [B, k], int64 [B, k].
+    The kernels' int32 offsets of query rows and dimensions stay within MAX_OFFSET: a strided
+    operand past it is made contiguous, and queries still past it are searched in row slices.
     """
+    if _largest_offset(queries) > MAX_OFFSET:
+        queries = queries.contiguous()
+    if (keys.shape[1] - 1) * keys.stride(1) > MAX_OFFSET:  # key rows are addressed in int64
+        keys = keys.contiguous()
+    rows = max(1, (MAX_OFFSET + 1) // queries.stride(0)) if queries.stride(0) else queries.shape[0]
+    if queries.shape[0] <= rows:
+        return _launch_rows(queries, keys, k, candidates, exclude)
+    parts = [_launch_rows(queries[s:s + rows], keys, k, candidates, None if exclude is None else exclude[s:s + rows])
+             for s in range(0, queries.shape[0], rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _launch_rows(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None,
+                 exclude: Tensor | None) -> tuple[Tensor, Tensor]:
+    """`_launch` on queries whose offsets fit the kernels' int32 arithmetic."""
     batch, dim = queries.shape
+    # the kernels read candidates and exclude with unit stride
+    candidates = None if candidates is None else candidates.contiguous()
+    exclude = None if exclude is None else exclude.contiguous()
     dists = torch.empty((batch, k), dtype=torch.float32, device=queries.device)
     indices = torch.empty((batch, k), dtype=torch.int64, device=queries.device)
     if batch == 0:
@@ -305,11 +343,12 @@ def _launch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None,
     part = torch.empty((batch, n_chunks, k_sel), dtype=torch.int64, device=queries.device)
 
     def grid(m):
-        return (n_chunks, triton.cdiv(batch, m["BLOCK_B"]))
+        return (triton.cdiv(batch, m["BLOCK_B"]), n_chunks)
 
     _launchable(scan)[grid](
         queries, keys, cand, excl, part, batch, pool, chunk, n_chunks, dim,
         queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1),
+        triton.next_power_of_2(pool),
         HAS_CAND=candidates is not None, HAS_EXCL=exclude is not None, K_SEL=k_sel,
         D_PAD=d_scan, BLOCK_D=SCAN_BLOCK_D, **meta)
     _launchable(_merge_kernel)[(triton.cdiv(batch, block_r),)](

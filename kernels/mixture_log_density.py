@@ -38,6 +38,7 @@ custom op is the one path that opcheck can test on CPU and that runs unchanged o
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -169,12 +170,14 @@ def _bucket(n: int) -> int:
     return triton.next_power_of_2(max(n, 1))
 
 
-def _chunking(size: int, device: torch.device) -> tuple[int, int]:
-    """(chunk length, number of chunks) for N = size: about two chunks per SM on CUDA."""
+def _chunking(size: int, batch: int, device: torch.device) -> tuple[int, int]:
+    """(chunk length, number of chunks C) for N = size: about two chunks per SM on CUDA, and
+    C * B < 2^31, as the kernels index the [C, B] partials in int32."""
     if INTERPRET or device.type != "cuda":
         align, target = INTERPRET_BLOCK_N, INTERPRET_CHUNKS
     else:
         align, target = CHUNK_ALIGN, 2 * _sm_count(device)
+    target = max(1, min(target, (2**31 - 1) // max(batch, 1)))
     chunk = triton.cdiv(triton.cdiv(size, target), align) * align
     return chunk, triton.cdiv(size, chunk)
 
@@ -212,34 +215,42 @@ def _check_launch(z: Tensor, means: Tensor, log_weights: Tensor | None) -> None:
                             f"got {t.dtype}")
 
 
+def _on_device(t: Tensor):
+    """Makes t's device current: Triton launches on the current CUDA device and its current
+    stream, not the tensors', so inputs on cuda:1 under a current cuda:0 would be read from
+    the wrong device (illegal address) and raced against torch's work on cuda:1's stream."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _forward_launch(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tensor | None,
                     log_weights: Tensor | None) -> tuple[Tensor, ...]:
     """(out [B] z.dtype, lse2 [B], norm2 [B], delta [B, d], msq [B]; float32 but out)."""
     _check_launch(z, means, log_weights)
-    z, means, log_var = z.contiguous(), means.contiguous(), log_var.contiguous()
-    exclude = None if exclude is None else exclude.contiguous()
-    log_weights = None if log_weights is None else log_weights.contiguous()
-    (batch, dim), size = z.shape, means.shape[0]
-    f32 = dict(dtype=torch.float32, device=z.device)
-    out = torch.empty(batch, dtype=z.dtype, device=z.device)
-    lse2, norm2, msq = (torch.empty(batch, **f32) for _ in range(3))
-    delta = torch.empty(batch, dim, **f32)
-    if batch == 0:
+    with _on_device(z):
+        z, means, log_var = z.contiguous(), means.contiguous(), log_var.contiguous()
+        exclude = None if exclude is None else exclude.contiguous()
+        log_weights = None if log_weights is None else log_weights.contiguous()
+        (batch, dim), size = z.shape, means.shape[0]
+        f32 = dict(dtype=torch.float32, device=z.device)
+        out = torch.empty(batch, dtype=z.dtype, device=z.device)
+        lse2, norm2, msq = (torch.empty(batch, **f32) for _ in range(3))
+        delta = torch.empty(batch, dim, **f32)
+        if batch == 0:
+            return out, lse2, norm2, delta, msq
+        chunk, chunks = _chunking(size, batch, z.device)
+        m, s, q, wm, ws = (torch.empty(chunks, batch, **f32) for _ in range(5))
+        acc = torch.empty(chunks, batch, dim, **f32)
+        flags = dict(D_PAD=_d_pad(dim), HAS_EXCLUDE=exclude is not None,
+                     HAS_WEIGHTS=log_weights is not None)
+        args = (z, means, _center(z), log_var, exclude, log_weights, m, s, q, acc, wm, ws,
+                batch, size, dim, chunk, *_refine(), _bucket(batch), _bucket(size))
+        _launch(mixture_forward_partial_kernel, _forward_tuned, FORWARD_TILES,
+                lambda block_b, block_n: (triton.cdiv(batch, block_b), chunks),
+                args, dict(**flags, PRECISION=DOT_PRECISION))
+        mixture_combine_kernel[(triton.cdiv(batch, BLOCK_B_COMBINE),)](
+            m, s, q, acc, wm, ws, log_var, exclude, out, lse2, norm2, delta, msq,
+            batch, size, dim, chunks, **flags, BLOCK_B=BLOCK_B_COMBINE)
         return out, lse2, norm2, delta, msq
-    chunk, chunks = _chunking(size, z.device)
-    m, s, q, wm, ws = (torch.empty(chunks, batch, **f32) for _ in range(5))
-    acc = torch.empty(chunks, batch, dim, **f32)
-    flags = dict(D_PAD=_d_pad(dim), HAS_EXCLUDE=exclude is not None,
-                 HAS_WEIGHTS=log_weights is not None)
-    args = (z, means, _center(z), log_var, exclude, log_weights, m, s, q, acc, wm, ws,
-            batch, size, dim, chunk, *_refine(), _bucket(batch), _bucket(size))
-    _launch(mixture_forward_partial_kernel, _forward_tuned, FORWARD_TILES,
-            lambda block_b, block_n: (triton.cdiv(batch, block_b), chunks),
-            args, dict(**flags, PRECISION=DOT_PRECISION))
-    mixture_combine_kernel[(triton.cdiv(batch, BLOCK_B_COMBINE),)](
-        m, s, q, acc, wm, ws, log_var, exclude, out, lse2, norm2, delta, msq,
-        batch, size, dim, chunks, **flags, BLOCK_B=BLOCK_B_COMBINE)
-    return out, lse2, norm2, delta, msq
 
 
 def _backward_launch(grad_out: Tensor, z: Tensor, means: Tensor, log_var: Tensor,
@@ -247,30 +258,31 @@ def _backward_launch(grad_out: Tensor, z: Tensor, means: Tensor, log_var: Tensor
                      norm2: Tensor, delta: Tensor, msq: Tensor, need_z: bool, need_means: bool,
                      need_weights: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad z, grad means, grad log_var, grad log_weights); an unneeded one is empty."""
-    grad_out, z, means = grad_out.contiguous(), z.contiguous(), means.contiguous()
-    exclude = None if exclude is None else exclude.contiguous()
-    log_weights = None if log_weights is None else log_weights.contiguous()
-    (batch, dim), size = z.shape, means.shape[0]
-    need_weights = need_weights and log_weights is not None
-    grad_z = torch.empty_like(z)  # O(B d): computed with grad log_var even when unneeded
-    grad_lv = torch.zeros_like(log_var)
-    grad_means = torch.zeros_like(means) if need_means else means.new_empty(0)
-    grad_lw = (torch.zeros_like(log_weights) if need_weights else grad_out.new_empty(0))
-    if batch == 0:
+    with _on_device(z):
+        grad_out, z, means = grad_out.contiguous(), z.contiguous(), means.contiguous()
+        exclude = None if exclude is None else exclude.contiguous()
+        log_weights = None if log_weights is None else log_weights.contiguous()
+        (batch, dim), size = z.shape, means.shape[0]
+        need_weights = need_weights and log_weights is not None
+        grad_z = torch.empty_like(z)  # O(B d): computed with grad log_var even when unneeded
+        grad_lv = torch.zeros_like(log_var)
+        grad_means = torch.zeros_like(means) if need_means else means.new_empty(0)
+        grad_lw = (torch.zeros_like(log_weights) if need_weights else grad_out.new_empty(0))
+        if batch == 0:
+            return grad_z if need_z else z.new_empty(0), grad_means, grad_lv, grad_lw
+        d_pad = _d_pad(dim)
+        mixture_backward_z_kernel[(1,)](grad_out, delta, msq, log_var, grad_z, grad_lv, batch, dim,
+                                        D_PAD=d_pad, BLOCK_B=16)
+        if need_means or need_weights:
+            args = (grad_out, z, means, _center(z), log_var, exclude, log_weights, lse2, norm2,
+                    grad_means, grad_lw,
+                    batch, size, dim, *_refine(), _bucket(batch), _bucket(size))
+            flags = dict(D_PAD=d_pad, HAS_EXCLUDE=exclude is not None,
+                         HAS_WEIGHTS=log_weights is not None, NEED_MEANS=need_means,
+                         NEED_WEIGHTS=need_weights, PRECISION=DOT_PRECISION)
+            _launch(mixture_backward_means_kernel, _backward_tuned, BACKWARD_TILES,
+                    lambda block_b, block_n: (triton.cdiv(size, block_n),), args, flags)
         return grad_z if need_z else z.new_empty(0), grad_means, grad_lv, grad_lw
-    d_pad = _d_pad(dim)
-    mixture_backward_z_kernel[(1,)](grad_out, delta, msq, log_var, grad_z, grad_lv, batch, dim,
-                                    D_PAD=d_pad, BLOCK_B=16)
-    if need_means or need_weights:
-        args = (grad_out, z, means, _center(z), log_var, exclude, log_weights, lse2, norm2,
-                grad_means, grad_lw,
-                batch, size, dim, *_refine(), _bucket(batch), _bucket(size))
-        flags = dict(D_PAD=d_pad, HAS_EXCLUDE=exclude is not None,
-                     HAS_WEIGHTS=log_weights is not None, NEED_MEANS=need_means,
-                     NEED_WEIGHTS=need_weights, PRECISION=DOT_PRECISION)
-        _launch(mixture_backward_means_kernel, _backward_tuned, BACKWARD_TILES,
-                lambda block_b, block_n: (triton.cdiv(size, block_n),), args, flags)
-    return grad_z if need_z else z.new_empty(0), grad_means, grad_lv, grad_lw
 
 
 # ---------------------------------------------------------------- torch.library integration

@@ -368,3 +368,86 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, "-c", COMPILE_SM90], env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
+
+
+CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+
+def test_strided_candidates_and_exclude_match_the_reference():
+    """The kernels read candidates and exclude with unit stride: views with a stride of 2
+    (a column of an [M, 2] index tensor) used to search every other wrong entry."""
+    gen = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(5, 4, generator=gen), torch.randn(60, 4, generator=gen)
+    candidates = torch.randperm(60, generator=gen)[:40].reshape(20, 2)[:, 1]
+    exclude = torch.stack([torch.tensor([int(candidates[0]), int(candidates[1]), -1,
+                                         int(candidates[3]), 5]), torch.zeros(5, dtype=torch.long)], 1)[:, 0]
+    assert not candidates.is_contiguous() and not exclude.is_contiguous()
+    queries, keys = queries.to(DEVICE), keys.to(DEVICE)
+    candidates, exclude = candidates.to(DEVICE), exclude.to(DEVICE)
+    for cand, excl in ((candidates, None), (None, exclude), (candidates, exclude)):
+        got = knn_search(queries, keys, 4, candidates=cand, exclude=excl, backend="triton")
+        want = knn_search(queries, keys, 4, candidates=cand, exclude=excl, backend="torch")
+        assert torch.equal(got[1].cpu(), want[1].cpu())
+        torch.testing.assert_close(got[0].cpu(), want[0].cpu(), rtol=0, atol=0)
+
+
+class _Recorder:
+    """Stands in for a launched kernel: records the grid of each launch, runs nothing."""
+
+    def __init__(self, grids, meta):
+        self.grids, self.meta = grids, meta
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.grids.append(grid({**self.meta, **kwargs}) if callable(grid) else grid)
+        return launch
+
+
+def test_grid_fits_cuda_limits_for_a_million_queries(monkeypatch):
+    """The GPU launch path's grids stay within CUDA's limits (axes 1 and 2 stop at 65535):
+    the scan's row blocks were on axis 1, so B > 65535 * BLOCK_B failed to launch."""
+    grids = []
+    meta = {"BLOCK_B": 16, "BLOCK_N": 64, "num_warps": 4, "SELECT": kmod.SELECT_EXTRACT}
+    monkeypatch.setattr(kmod, "_interpreting", lambda: False)
+    monkeypatch.setattr(kmod, "_autotuning", lambda: False)
+    monkeypatch.setattr(kmod, "_default_config", lambda k_sel: dict(meta))
+    monkeypatch.setattr(kmod, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(kmod, "_launchable", lambda kernel: _Recorder(grids, meta))
+    batch = 65535 * 16 + 1  # nothing is launched: the buffers are allocated, never touched
+    queries = torch.empty(batch, 1).expand(batch, 2)
+    kmod._launch(queries, torch.zeros(1000, 2), 4, None, None)
+    assert len(grids) == 2
+    for grid in grids:
+        assert all(0 < size <= limit for size, limit in zip(grid, CUDA_GRID_LIMITS)), grid
+
+
+def test_autotuning_key_does_not_hold_exact_sizes():
+    """Each new key re-benchmarks every config; the pool size varies per step with the
+    sharded cache (each shard's share of the candidates), so it is bucketed."""
+    tuner = kmod._tuned_scan(16, 16)
+    assert "n_pool" not in tuner.keys and "n_queries" not in tuner.keys
+    assert "pool_key" in tuner.keys and "pool_key" in kmod._scan_kernel.arg_names
+
+
+def test_offsets_past_int32_are_copied_or_split_not_wrapped(monkeypatch):
+    """The kernels address query rows and dimensions in int32: operands whose offsets pass
+    MAX_OFFSET are made contiguous (strided keys and queries) or searched in row slices
+    (queries too large even when contiguous). A small MAX_OFFSET stands in for 2^31 - 1."""
+    monkeypatch.setattr(kmod, "MAX_OFFSET", 5 * 16 - 1)  # 16 contiguous rows of d = 5
+    gen = torch.Generator().manual_seed(1)
+    queries = torch.randn(37, 5, generator=gen)
+    keys_t = torch.randn(5, 40, generator=gen)  # keys = keys_t.T: column stride 40
+    exclude = torch.randint(-1, 40, (37,), generator=gen)
+    launched = []
+    real = kmod._launch_rows
+    monkeypatch.setattr(kmod, "_launch_rows", lambda q, x, *a: launched.append((q.shape[0], x.stride()))
+                        or real(q, x, *a))
+    strided_queries = torch.randn(37, 10, generator=gen)[:, ::2]  # row stride 10: offset 364
+    for q in (queries, strided_queries):
+        launched.clear()
+        got = kmod._launch(q.to(DEVICE), keys_t.T.to(DEVICE), 3, None, exclude.to(DEVICE))
+        want = knn_search(q, keys_t.T, 3, exclude=exclude, backend="torch")
+        assert [rows for rows, _ in launched] == [16, 16, 5]
+        assert all(stride == (5, 1) for _, stride in launched)  # keys made contiguous
+        assert torch.equal(got[1].cpu(), want[1])
+        torch.testing.assert_close(got[0].cpu(), want[0], rtol=0, atol=0)

@@ -439,3 +439,35 @@ def compile_for_sm90(cache_dir, *args: str):
     env["TRITON_CACHE_DIR"] = str(cache_dir)
     return subprocess.run([sys.executable, "-m", "exvae_fast.kernels._mixture_aot", *args],
                           env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.parametrize("batch,size", [(100, 10**6), (10**7, 10**7), (2**30, 10**5), (1, 1)])
+def test_chunks_times_batch_fits_int32(monkeypatch, batch, size):
+    """The forward kernels index the [C, B] partials with int32 c * B + b: the CUDA
+    chunking (about two chunks per SM) keeps C * B < 2^31 for every batch."""
+    monkeypatch.setattr(fused, "INTERPRET", False)
+    monkeypatch.setattr(fused, "_sm_count", lambda device: 132)
+    chunk, chunks = fused._chunking(size, batch, torch.device("cuda", 0))
+    assert chunk % fused.CHUNK_ALIGN == 0 and chunks * chunk >= size > (chunks - 1) * chunk
+    assert chunks * batch < 2**31
+    if batch == 100:
+        assert 132 < chunks <= 2 * 132  # the usual shapes keep about two chunks per SM
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
+                    or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_inputs_on_a_device_that_is_not_current():
+    """Triton launches on the current device: inputs on cuda:1 while cuda:0 is current."""
+    from exvae_fast.ops import mixture_log_density
+    gen = torch.Generator().manual_seed(0)
+    z, means = torch.randn(7, 5, generator=gen), torch.randn(300, 5, generator=gen)
+    log_var = torch.tensor(-0.2)
+    exclude = torch.arange(7) - 1
+    want = mixture_log_density(z, means, log_var, exclude, backend="torch")
+    leaves = [t.to("cuda:1").requires_grad_(True) for t in (z, means, log_var)]
+    with torch.cuda.device(0):
+        got = fused.mixture_log_density(*leaves, exclude.to("cuda:1"))
+        got.sum().backward()
+    torch.testing.assert_close(got.detach().cpu(), want)
+    assert all(leaf.grad is not None and leaf.grad.device == leaf.device for leaf in leaves)
