@@ -29,10 +29,10 @@ it calls that (and says so in the metadata). A missing module only means an abse
 # device name (first match wins, so longer names come first). KINDS.md measured about
 # 4.3 TB/s for a device-to-device copy on an H200: fractions near 0.9 are the ceiling.
 PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
+    ("gh200", 4.0e12),  # before "h200", which its name contains
     ("h200", 4.8e12),
     ("h100 pcie", 2.0e12),
     ("h100", 3.35e12),
-    ("gh200", 4.0e12),
     ("a100-sxm4-80gb", 2.039e12),
     ("a100 80gb pcie", 1.935e12),
     ("a100", 1.555e12),

@@ -21,7 +21,7 @@ MODEL_ORDER = ("vae", "hvae", "convhvae")
 DATASET_ORDER = ("mnist", "omniglot")
 PRIOR_ORDER = ("standard", "vamp500", "vamp1000", "exact-torch", "retrieval-torch", "retrieval-fused")
 MODE_ORDER = ("forward", "backward", "full")
-PROVIDER_ORDER = ("torch", "torch-naive", "triton", "cpp", "faiss", "keops")
+PROVIDER_ORDER = ("torch", "torch-naive", "triton", "cpp", "faiss", "faiss-gpu", "faiss-cpu", "keops")
 
 
 def print_report(caption: str, table: str, out: Path | None) -> None:

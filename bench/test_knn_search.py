@@ -2,7 +2,7 @@
 float32): the library's torch reference, Triton and C++ backends, the naive PyTorch
 version (cdist + topk, materialises B x N) and FAISS `IndexFlatL2` (GPU index when
 faiss-gpu is importable and the device is CUDA; otherwise the CPU index, the copies to
-and from the CPU included). The library backends are timed through
+and from the CPU included; the results name the provider "faiss-gpu" or "faiss-cpu"). The library backends are timed through
 `dispatch.implementation`, without the public op's argument validation (the same for every
 backend; it reads the data: finiteness of the keys, uniqueness of the candidates).
 
@@ -54,11 +54,18 @@ def _faiss_available() -> str | None:
     return reason
 
 
+def _faiss_on_gpu(device: torch.device) -> bool:
+    """Whether the FAISS provider searches a GPU index on `device` (faiss-gpu and CUDA)."""
+    import faiss
+
+    return device.type == "cuda" and hasattr(faiss, "StandardGpuResources")
+
+
 def _faiss(queries, keys, candidates, exclude):
     import faiss
     import faiss.contrib.torch_utils  # noqa: F401  (lets faiss take torch tensors)
 
-    on_gpu = queries.is_cuda and hasattr(faiss, "StandardGpuResources")
+    on_gpu = _faiss_on_gpu(queries.device)
     pool = keys if candidates is None else keys[candidates]
     q = queries
     if not on_gpu:
@@ -138,6 +145,8 @@ def test_knn_search(benchmark, bench_device, bench_settings, mode: str, variant:
 
     searched = n if variant == "all" else n // 2
     bytes_moved = searched * common.D * 4 + (searched * 8 if variant == "subset" else 0)
+    if provider == "faiss":  # the results say which index ran: a CPU one is no GPU peer
+        provider = "faiss-gpu" if _faiss_on_gpu(bench_device) else "faiss-cpu"
     info = {"op": OP, "provider": provider, "mode": mode, "N": n, "B": common.B, "d": common.D, "k": common.K,
             "dtype": "float32", "variant": variant, "searched": searched, "rotation_sets": inputs.count,
             "bytes": bytes_moved, "flops": 2 * common.B * searched * common.D}

@@ -43,11 +43,17 @@ def source_checkout() -> Path | None:
     return root if (root / ".git").exists() and (root / "pyproject.toml").is_file() else None
 
 
+COMMIT_VARIABLE = "EXVAE_SOURCE_COMMIT"
+"""Names the commit of a copy of the sources without .git (a benchmark machine given the
+working tree): `git_info` reports it, with "dirty" unknown."""
+
+
 def git_info(repo: Path | None = None) -> dict[str, Any]:
-    """{"commit", "dirty"} of the checkout (tracked files only), None values when unknown."""
+    """{"commit", "dirty"} of the checkout (tracked files only), None values when unknown; for
+    a copy without .git, the commit the COMMIT_VARIABLE environment variable names."""
     repo = repo if repo is not None else source_checkout()
     if repo is None:
-        return {"commit": None, "dirty": None}
+        return {"commit": os.environ.get(COMMIT_VARIABLE) or None, "dirty": None}
 
     def run(*args: str) -> str | None:
         try:

@@ -26,6 +26,14 @@ def test_commit_is_that_of_the_source_checkout():
     assert environment.git_info()["commit"] == head.stdout.strip()
 
 
+def test_a_copy_without_git_reports_the_commit_it_is_told(monkeypatch):
+    monkeypatch.setattr(environment, "source_checkout", lambda: None)
+    monkeypatch.delenv(environment.COMMIT_VARIABLE, raising=False)
+    assert environment.git_info() == {"commit": None, "dirty": None}
+    monkeypatch.setenv(environment.COMMIT_VARIABLE, "0123abc")
+    assert environment.git_info() == {"commit": "0123abc", "dirty": None}
+
+
 def test_a_folder_that_is_not_a_checkout_reports_nothing(tmp_path):
     assert environment.git_info(tmp_path) == {"commit": None, "dirty": None}
 
