@@ -102,13 +102,39 @@ def _slugify(text: str) -> str:
     return out.strip("-") or "unknown"
 
 
+PEAK_FP32: tuple[tuple[str, float], ...] = (
+    ("gh200", 67e12),
+    ("h200 nvl", 60e12),
+    ("h200", 67e12),
+    ("h100 pcie", 51e12),
+    ("h100", 67e12),
+    ("a100", 19.5e12),
+    ("l40s", 91.6e12),
+    ("l4", 30.3e12),
+    ("a10g", 31.2e12),
+    ("a10", 31.2e12),
+    ("t4", 8.1e12),
+    ("v100", 15.7e12),
+    ("rtx 4090", 82.6e12),
+    ("rtx 3090", 35.6e12),
+)
+"""Vendor datasheet peak FP32 rate without tensor cores (FLOP/s, dense), matched like
+PEAK_BANDWIDTH: the compute side of the mixture op's roofline (bench/goals.py)."""
+
+
+def _datasheet(table: tuple[tuple[str, float], ...], device_name: str) -> float | None:
+    lowered = device_name.lower()
+    return next((value for key, value in table if key in lowered), None)
+
+
 def peak_bandwidth(device_name: str) -> float | None:
     """Datasheet peak memory bandwidth (bytes/s) for a GPU name, None when unknown or CPU."""
-    lowered = device_name.lower()
-    for key, value in PEAK_BANDWIDTH:
-        if key in lowered:
-            return value
-    return None
+    return _datasheet(PEAK_BANDWIDTH, device_name)
+
+
+def peak_fp32(device_name: str) -> float | None:
+    """Datasheet peak FP32 (non-tensor) FLOP/s for a GPU name, None when unknown or CPU."""
+    return _datasheet(PEAK_FP32, device_name)
 
 
 def _nvidia_driver() -> str | None:
@@ -188,12 +214,15 @@ def device_info(device: torch.device) -> dict[str, Any]:
             "multiprocessors": props.multi_processor_count,
             "driver": _nvidia_driver(),
             "peak_bandwidth_bytes_per_s": peak_bandwidth(name),
-            "peak_bandwidth_source": "vendor datasheet (bench/common.py PEAK_BANDWIDTH)"
+            "peak_bandwidth_source": "vendor datasheet (bench/devinfo.py PEAK_BANDWIDTH)"
             if peak_bandwidth(name) else None,
+            "peak_fp32_flops_per_s": peak_fp32(name),
+            "peak_fp32_source": "vendor datasheet (bench/devinfo.py PEAK_FP32)" if peak_fp32(name) else None,
         })
         info["slug"] = _slugify(name)
     else:
         info.update({"name": f"CPU: {info['cpu_model']}", "gpu_name": None,
-                     "peak_bandwidth_bytes_per_s": None, "peak_bandwidth_source": None})
+                     "peak_bandwidth_bytes_per_s": None, "peak_bandwidth_source": None,
+                     "peak_fp32_flops_per_s": None, "peak_fp32_source": None})
         info["slug"] = "cpu-" + _slugify(info["cpu_model"])
     return info

@@ -24,6 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import goals  # noqa: E402
 import tables  # noqa: E402
 
 README = common.BENCH_DIR / "README.md"
@@ -274,6 +275,9 @@ def markdown(latest: dict[str, dict[str, tuple[Path, dict]]], pictures: dict[str
             path, doc = kinds["ops"]
             parts.append(f"#### Op micro-benchmarks (`{_relative(path, base)}`)\n")
             parts.append(tables.ops_caption(doc) + "\n")
+            if doc["device"].get("type") != "cpu":  # the goals are the GPU's
+                parts.append("Goals of issues 3 and 4, judged on this document (`bench/goals.py`):\n")
+                parts.append(goals.goals_table(doc) + "\n")
             for op in sorted({r["op"] for r in doc["results"]}):
                 parts.append(f"`{op}`\n")
                 parts.append(tables.op_table(doc, op) + "\n")
