@@ -1,4 +1,4 @@
-"""The issues' speed goals for the fused ops, judged on one measured ops document.
+"""The issues' speed goals, judged on one measured results document (ops or epoch_time).
 
 Every verdict comes from medians measured side by side in that document (bench/common.py
 format), never from a typed number; a goal whose cases are missing says "not measured".
@@ -14,6 +14,9 @@ B = 100, d = 40, float32; times are per call. The goals (issues 3 and 4):
   N = 1e6, and never slower than either at any measured N and variant.
 - cache_update_, C++/CUDA: faster than index_copy_ + norm recomputation at every measured
   (N, K, storage dtype).
+- s/epoch (issue 5, on an epoch_time document): the Exemplar ConvHVAE (retrieval, fused ops)
+  epoch no slower than the VampPrior(500) one and several (3) times faster than the exact
+  exemplar prior's, per data set.
 """
 from __future__ import annotations
 
@@ -130,6 +133,29 @@ GOALS: tuple[tuple[str, str, Callable[[dict[str, Any]], Verdict]], ...] = (
 """(issue, goal, judge): each judge reads one ops document."""
 
 
+EPOCH_MODEL, EPOCH_PRIOR, SEVERAL = "convhvae", "retrieval-fused", 3.0
+"""Issue 5: the Exemplar ConvHVAE (retrieval, fused ops) epoch against VampPrior(500) and the
+exact exemplar prior; "several times faster" is read as at least SEVERAL times."""
+
+
+def epoch_goal_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per data set of an epoch_time document: the Exemplar ConvHVAE epoch no slower than the
+    VampPrior(500) one, and at least SEVERAL times faster than the exact prior's (each ratio
+    is of medians measured in that document, `tables.add_ratios`)."""
+    rows = []
+    ours = [r for r in doc.get("results", []) if r.get("status") == "ok"
+            and (r.get("model"), r.get("prior")) == (EPOCH_MODEL, EPOCH_PRIOR)]
+    for r in sorted(ours, key=lambda r: r["dataset"]):
+        for field, goal, met in (("ratio_to_vamp500", "no slower than VampPrior(500)", lambda x: x <= 1),
+                                 ("ratio_to_exact_torch", f"at least {SEVERAL:g}x faster than the exact prior",
+                                  lambda x: x <= 1 / SEVERAL)):
+            ratio = r.get(field)
+            rows.append({"issue": "5", "goal": f"{r['dataset']} ConvHVAE epoch, exemplar retrieval (fused): {goal}",
+                         "measured": "not measured" if ratio is None else f"{ratio:.3g}x its s/epoch",
+                         "met": None if ratio is None else met(ratio)})
+    return rows
+
+
 def goal_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One record per goal: issue, goal, measured (text) and met (True / False / None)."""
     rows = []
@@ -139,9 +165,19 @@ def goal_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def goals_table(doc: dict[str, Any]) -> str:
-    """`goal_rows` as Markdown."""
+def goals_table(rows: list[dict[str, Any]], measured: str) -> str:
+    """`goal_rows` / `epoch_goal_rows` as Markdown; `measured` heads the measured column."""
     verdict = {True: "yes", False: "**no**", None: "-"}
-    return markdown_table(["issue", "goal", "measured (speed-up = peer time / fused time)", "met"],
-                          [[r["issue"], r["goal"], r["measured"], verdict[r["met"]]] for r in goal_rows(doc)],
+    return markdown_table(["issue", "goal", measured, "met"],
+                          [[r["issue"], r["goal"], r["measured"], verdict[r["met"]]] for r in rows],
                           text_columns=4)
+
+
+def ops_goals_table(doc: dict[str, Any]) -> str:
+    """The goals of issues 3 and 4 on an ops document, as Markdown."""
+    return goals_table(goal_rows(doc), "measured (speed-up = peer time / fused time)")
+
+
+def epoch_goals_table(doc: dict[str, Any]) -> str:
+    """The goals of issue 5 on an epoch_time document, as Markdown."""
+    return goals_table(epoch_goal_rows(doc), "measured (s/epoch over the peer's)")

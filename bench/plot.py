@@ -269,6 +269,9 @@ def markdown(latest: dict[str, dict[str, tuple[Path, dict]]], pictures: dict[str
             parts.append(f"#### Seconds per epoch (`{_relative(path, base)}`)\n")
             parts.append(tables.epoch_caption(doc) + "\n")
             parts.append(tables.epoch_table(doc) + "\n")
+            if doc["device"].get("type") != "cpu":
+                parts.append("Goals of issue 5, judged on this document (`bench/goals.py`):\n")
+                parts.append(goals.epoch_goals_table(doc) + "\n")
             if "epoch_time" in pictures.get(slug, {}):
                 parts.append(f"![s/epoch]({_relative(pictures[slug]['epoch_time'], base)})\n")
         if "ops" in kinds:
@@ -277,7 +280,7 @@ def markdown(latest: dict[str, dict[str, tuple[Path, dict]]], pictures: dict[str
             parts.append(tables.ops_caption(doc) + "\n")
             if doc["device"].get("type") != "cpu":  # the goals are the GPU's
                 parts.append("Goals of issues 3 and 4, judged on this document (`bench/goals.py`):\n")
-                parts.append(goals.goals_table(doc) + "\n")
+                parts.append(goals.ops_goals_table(doc) + "\n")
             for op in sorted({r["op"] for r in doc["results"]}):
                 parts.append(f"`{op}`\n")
                 parts.append(tables.op_table(doc, op) + "\n")

@@ -105,3 +105,17 @@ def test_the_readme_section_of_a_gpu_document_shows_the_goals(tmp_path):
     assert "Goals of issues 3 and 4" in text and "| 3 | mixture fwd+bwd: Triton >= 5x" in text
     cpu = {**doc, "device": {**doc["device"], "type": "cpu", "cpu_model": "x"}}
     assert "Goals" not in plot.markdown({"cpu-x": {"ops": (tmp_path / "ops.json", cpu)}}, {}, tmp_path)
+
+
+def test_epoch_goals_per_data_set():
+    def epoch(dataset, prior, ratio_vamp, ratio_exact, status="ok"):
+        return {"model": "convhvae", "dataset": dataset, "prior": prior, "status": status,
+                "ratio_to_vamp500": ratio_vamp, "ratio_to_exact_torch": ratio_exact}
+    doc = {"results": [epoch("omniglot", "retrieval-fused", 0.9, 0.2), epoch("mnist", "retrieval-fused", 1.2, 0.4),
+                       epoch("mnist", "retrieval-torch", 0.5, 0.1),  # not the fused run
+                       epoch("omniglot", "vamp500", 1.0, 0.3)]}
+    rows = [(r["goal"].split(" ")[0], r["measured"], r["met"]) for r in goals.epoch_goal_rows(doc)]
+    assert rows == [("mnist", "1.2x its s/epoch", False), ("mnist", "0.4x its s/epoch", False),
+                    ("omniglot", "0.9x its s/epoch", True), ("omniglot", "0.2x its s/epoch", True)]
+    missing = goals.epoch_goal_rows({"results": [epoch("mnist", "retrieval-fused", None, 0.3)]})
+    assert [(r["measured"], r["met"]) for r in missing] == [("not measured", None), ("0.3x its s/epoch", True)]
