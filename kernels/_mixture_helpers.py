@@ -28,6 +28,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 LOG_2PI = tl.constexpr(1.8378770664093453)
 SIGNIFICANT2 = tl.constexpr(40.0)
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
 """Base-2 logits more than this below their row's maximum (weight < 2^-40) are never refined."""
 
 
@@ -111,6 +112,13 @@ def _load_rows(ptr, rows, dims, B, D):
 
 
 @triton.jit
+def _precision(lv_ptr):
+    """1 / sigma^2 = exp(-log_var) in float32, capped at the largest float32 (log_var below
+    about -88.7 would overflow to inf, and a zero distance times inf is NaN)."""
+    return tl.minimum(tl.exp(-tl.load(lv_ptr).to(tl.float32)), FLT_MAX)
+
+
+@triton.jit
 def _load_centered(ptr, rows, dims, B, D, center):
     """Like _load_rows, minus the centre c [D_PAD] on the valid rows (padding stays 0)."""
     x = _load_rows(ptr, rows, dims, B, D)
@@ -156,7 +164,7 @@ def mixture_forward_partial_kernel(
     center = tl.load(c_ptr + dims, mask=dims < D, other=0.0)
     z = _load_centered(z_ptr, rows, dims, B, D, center)
     z_sq = tl.sum(z * z, 1)
-    scale2 = 0.5 * LOG2E * tl.exp(-tl.load(lv_ptr).to(tl.float32))
+    scale2 = 0.5 * LOG2E * _precision(lv_ptr)
     if HAS_EXCLUDE:
         excl = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
     else:
@@ -279,7 +287,7 @@ def mixture_backward_means_kernel(
     center = tl.load(c_ptr + dims, mask=dims < D, other=0.0)
     mu = _load_centered(mu_ptr, cols, dims, N, D, center)
     mu_sq = tl.sum(mu * mu, 1)
-    precision = tl.exp(-tl.load(lv_ptr).to(tl.float32))
+    precision = _precision(lv_ptr)
     scale2 = 0.5 * LOG2E * precision
     if HAS_WEIGHTS:
         lw2 = tl.load(lw_ptr + cols, mask=col_ok, other=float("-inf")).to(tl.float32) * LOG2E
@@ -328,7 +336,7 @@ def mixture_backward_z_kernel(g_ptr, delta_ptr, msq_ptr, lv_ptr, gz_ptr, glv_ptr
     """One program, O(B d): grad z_b = g_b delta_b / sigma^2 and
     grad log_var = sum_b g_b (msq_b / (2 sigma^2) - d / 2), from the forward's accumulators."""
     dims = tl.arange(0, D_PAD)
-    precision = tl.exp(-tl.load(lv_ptr).to(tl.float32))
+    precision = _precision(lv_ptr)
     total = tl.zeros([BLOCK_B], tl.float32)
     for b0 in range(0, B, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B)

@@ -191,6 +191,20 @@ def test_near_neighbour_precision_against_float64(offset, log_var):
             assert (got.double() - ref).abs().max() <= 1e-4 * scale + 1e-5, name
 
 
+@pytest.mark.parametrize("log_var", [-80.0, -100.0])
+def test_a_variance_below_float32_range_at_a_mean_matches_the_reference(log_var):
+    """1 / sigma^2 = exp(-log_var) overflows float32 below log_var ~ -88.7: capped, a zero
+    distance times it stays 0 (it was 0 x inf = NaN, a -inf output and NaN gradients)."""
+    gen = torch.Generator().manual_seed(3)
+    means = torch.randn(20, 5, generator=gen)
+    inputs = [means[:3].to(DEVICE), means.to(DEVICE), torch.tensor(log_var, device=DEVICE)]
+    (out, grads), (ref_out, ref_grads), _ = run_all(*inputs)
+    torch.testing.assert_close(out, ref_out)
+    for got, want in zip(grads, ref_grads):
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got, want)
+
+
 def test_refinement_is_what_makes_near_neighbours_exact(monkeypatch):
     z, means, lv = loo_inputs(16, 40, 40, 3.0, -6.0)
     want = reference64(z, means, lv)

@@ -93,8 +93,12 @@ def resolve_backend(op: str, backend: str, *tensors: Tensor | None) -> str:
             raise ValueError(f"{op}: no backend is available for device type {device_type!r}")
         return max(usable, key=lambda name: usable[name].priority)
     if backend not in usable:
-        why = ("is not available (not built or not importable)" if backend not in _REGISTRY[op]
-               else f"does not support device type {device_type!r}")
+        if backend in _REGISTRY[op]:
+            why = f"does not support device type {device_type!r}"
+        elif op in OP_BACKENDS and backend not in OP_BACKENDS[op]:
+            why = f"is not available ({op} is written in {', '.join(OP_BACKENDS[op])} only)"
+        else:
+            why = "is not available (not built or not importable)"
         available = ", ".join(usable) or "none"
         raise ValueError(f"{op}: backend {backend!r} {why}; available here: {available}")
     return backend

@@ -72,7 +72,7 @@ def _blocks(z: Centred, means: Tensor, centre: Tensor, log_var: Tensor, exclude:
     batch = z.points.shape[0]
     size = means.shape[0]
     step = max(1, ELEMENT_BUDGET // max(batch, 1))
-    half_precision = 0.5 * torch.exp(-log_var)
+    half_precision = 0.5 * _precision(log_var)
     for start in range(0, size, step):
         stop = min(start + step, size)
         block = Centred.of(means[start:stop], centre)
@@ -87,6 +87,13 @@ def _blocks(z: Centred, means: Tensor, centre: Tensor, log_var: Tensor, exclude:
             if weights is not None:
                 weights = leave_out_(weights.clone(), exclude, start, float("-inf"))
         yield _Block(slice(start, stop), block, sq_dist, logits, weights)
+
+
+def _precision(log_var: Tensor) -> Tensor:
+    """1 / sigma^2 = exp(-log_var), float64, at most the largest finite float64: below
+    log_var ~ -709 it would be inf, and a zero distance times inf a NaN logit (or gradient)
+    where the density is finite."""
+    return torch.exp(-log_var).clamp_max(torch.finfo(torch.float64).max)
 
 
 def _logsumexp_(logits: Tensor) -> Tensor:
@@ -134,7 +141,7 @@ class _MixtureLogDensity(torch.autograd.Function):
         zc = Centred.of(z, centre)
         # a row whose every logit is -inf (density underflow) has no responsibilities: p = 0
         lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
-        precision = torch.exp(-lv)
+        precision = _precision(lv)
         # [g_b (z_b - c) | g_b]: P^T of it gives sum_b g_b p_bj (z_b - c) and sum_b g_b p_bj
         weighted_z = torch.cat([g[:, None] * zc.points, g[:, None]], dim=1)
         # [sum_j p_bj (mu_j - c) | sum_j p_bj], summed over the blocks in float64

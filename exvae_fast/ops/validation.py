@@ -243,11 +243,24 @@ def _check_searchable(checks: DeviceChecks, k: int, size: int, candidates: Tenso
     checks.verify()
 
 
+def _check_writable(x: Tensor, name: str) -> None:
+    """ValueError unless an in-place op may write x: no two of its elements share memory
+    (a stride-0 dimension, as from `expand`), and, with autograd enabled, x does not
+    require grad (the write is not differentiable, so autograd would not see it)."""
+    if any(stride == 0 and length > 1 for stride, length in zip(x.stride(), x.shape)):
+        raise ValueError(f"{name}: its elements share memory (a stride-0 dimension, e.g. from "
+                         f"expand), so rows cannot be written separately; pass {name}.clone()")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name}: requires grad, but the in-place write is not differentiable; "
+                         "write it under torch.no_grad(), or pass a tensor that does not require grad")
+
+
 def validate_cache_update(cache: object, indices: object, values: object, norms: object,
                           stamps: object, step: object) -> None:
     """Checks of `cache_update_`: cache [N, d] float32/bfloat16/float16, indices int64 [K] in
     [0, N), values float [K, d] finite and finite once converted to the cache dtype, norms
-    float32 [N], stamps int64 [N] given together with an int step >= 0 (and with norms)."""
+    float32 [N], stamps int64 [N] given together with an int step >= 0 (and with norms);
+    cache, norms and stamps writable in place (see `_check_writable`)."""
     check_dtype(cache, "cache", CACHE_DTYPES)
     check_shape(cache, "cache", ("N", "d"))
     size, dim = cache.shape
@@ -270,6 +283,9 @@ def validate_cache_update(cache: object, indices: object, values: object, norms:
             raise ValueError("step: given without stamps")
         check_int(step, "step", 0)
     check_same_device(cache=cache, indices=indices, values=values, norms=norms, stamps=stamps)
+    for name, target in (("cache", cache), ("norms", norms), ("stamps", stamps)):
+        if target is not None:
+            _check_writable(target, name)
     checks = DeviceChecks()
     checks.in_range(indices, "indices", size)
     checks.finite(values, "values")
