@@ -1,4 +1,4 @@
-// exvae_fast::cache_update_ (schema, argument checks, CPU kernel).
+// exvae_fast::cache_update_ (schema, argument checks, CPU kernel, ADInplaceOrView kernel).
 //
 // cache_update_(cache, indices, values, norms, stamps, step, check_range=True) writes values[k] into
 // cache[indices[k]] for every k, in place. Where an index repeats, its last occurrence wins,
@@ -6,7 +6,8 @@
 // written row the last position that names it, and only that position writes the row.
 // In the same pass, every written row gets norms[row] = squared L2 norm of the row as stored
 // (after the conversion to the storage dtype, accumulated in float32 or wider) and
-// stamps[row] = step. norms and stamps are optional and independent.
+// stamps[row] = step. norms and stamps are optional and independent. Like torch's in-place
+// ops, it bumps the version counters of the tensors it writes (its ADInplaceOrView kernel).
 //
 //   cache   [N, d]  float32 | float16 | bfloat16, contiguous          (written)
 //   indices [K]     int64 in [0, N), contiguous
@@ -26,11 +27,14 @@
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace exvae_fast {
@@ -209,6 +213,42 @@ void cache_update_cpu(const at::Tensor& cache, const at::Tensor& indices,
   });
 }
 
+// ADInplaceOrView kernel: the tensors the op writes get their version counters bumped, as
+// torch's own in-place ops do (and the torch backend, through index_put_). Without it autograd
+// would compute a gradient from a saved tensor the op has since changed, without an error.
+// (torch's autogradNotImplementedInplaceOrViewFallback bumps mutable returns only; this op
+// returns nothing.)
+void cache_update_inplace_or_view(c10::DispatchKeySet keys, const at::Tensor& cache,
+                                  const at::Tensor& indices, const at::Tensor& values,
+                                  const std::optional<at::Tensor>& norms,
+                                  const std::optional<at::Tensor>& stamps, int64_t step,
+                                  bool check_range) {
+  // as torch's in-place ops refuse them, but before anything is written (an inference tensor
+  // has no version counter; inside inference mode this kernel is not reached)
+  const std::pair<const at::Tensor*, const char*> written[] = {
+      {&cache, "cache"},
+      {norms.has_value() ? &*norms : nullptr, "norms"},
+      {stamps.has_value() ? &*stamps : nullptr, "stamps"}};
+  for (const auto& [tensor, name] : written) {
+    TORCH_CHECK(tensor == nullptr || !tensor->is_inference(), name,
+                ": an inference tensor (made under torch.inference_mode()) is written in place "
+                "only inside inference mode; pass a clone of it");
+  }
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("exvae_fast::cache_update_", "")
+                             .typed<decltype(cache_update_cpu)>();
+  {
+    const at::AutoDispatchBelowADInplaceOrView below;
+    op.redispatch(keys & c10::after_ADInplaceOrView_keyset, cache, indices, values, norms,
+                  stamps, step, check_range);
+  }
+  for (const auto& [tensor, name] : written) {
+    if (tensor != nullptr) {
+      tensor->unsafeGetTensorImpl()->bump_version();
+    }
+  }
+}
+
 }  // namespace
 
 CacheUpdateInputs check_cache_update_args(const at::Tensor& cache, const at::Tensor& indices,
@@ -267,4 +307,8 @@ TORCH_LIBRARY(exvae_fast, m) {
 
 TORCH_LIBRARY_IMPL(exvae_fast, CPU, m) {
   m.impl("cache_update_", &exvae_fast::cache_update_cpu);
+}
+
+TORCH_LIBRARY_IMPL(exvae_fast, ADInplaceOrView, m) {
+  m.impl("cache_update_", TORCH_FN(exvae_fast::cache_update_inplace_or_view));
 }

@@ -105,9 +105,12 @@ void cache_update_cuda(const at::Tensor& cache, const at::Tensor& indices,
                        const at::Tensor& values, const std::optional<at::Tensor>& norms,
                        const std::optional<at::Tensor>& stamps, int64_t step,
                        bool check_range) {
-  const c10::cuda::CUDAGuard guard(cache.device());
+  // checked first: this kernel also runs when cache is on the CPU but another argument is
+  // on CUDA, and then the check names that argument (a CUDAGuard for a CPU device would raise
+  // an internal error instead)
   const CacheUpdateInputs inputs =
       check_cache_update_args(cache, indices, values, norms, stamps, step);
+  const c10::cuda::CUDAGuard guard(cache.device());
   const int64_t count = inputs.indices.size(0);
   if (count == 0) {
     return;

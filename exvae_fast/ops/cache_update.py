@@ -17,6 +17,8 @@ from .validation import validate_cache_update
 
 COMPILED_DEVICES = ("cpu", "cuda")
 """Device types csrc/ has kernels for (CUDA only when the extension was built with nvcc)."""
+COMPILED_VALUE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""dtypes of `values` the compiled op reads; the others are converted to the cache dtype first."""
 
 
 def cache_update_(cache: Tensor, indices: Tensor, values: Tensor, *, norms: Tensor | None = None,
@@ -80,8 +82,8 @@ register("cache_update_", "torch", _cache_update_torch)
 @torch.no_grad()
 def _cache_update_cpp(cache: Tensor, indices: Tensor, values: Tensor, norms: Tensor | None,
                       stamps: Tensor | None, step: int | None) -> Tensor:
-    if values.dtype == torch.float64:
-        # one rounding, float64 -> storage, as the reference (the op reads 16/32-bit values)
+    if values.dtype not in COMPILED_VALUE_DTYPES:
+        # (float64, float8) one conversion, straight to storage, as the reference does
         values = values.to(cache.dtype)
     # the op writes contiguous tensors only: others are written through a contiguous copy
     targets = (cache, norms, stamps)
