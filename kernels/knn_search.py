@@ -1,6 +1,6 @@
 """Fused top-k L2 search (`knn_search`, backend "triton"): two stages, parallel over the keys.
 
-Stage 1, `_scan_kernel`, grid (ceil(B / BLOCK_B), chunks), chunks ~ PROGRAMS_PER_SM x SMs: a
+Stage 1, `_scan_kernel`, grid (chunks, ceil(B / BLOCK_B)), chunks ~ PROGRAMS_PER_SM x SMs: a
 program owns BLOCK_B query rows (all of them when B <= BLOCK_B) and one chunk of the searched
 pool (the keys, or the positions of `candidates`), walked in blocks of BLOCK_N keys. Distances
 of a [BLOCK_B, BLOCK_N] tile come from ||q||^2 + ||x||^2 - 2 q.x with
@@ -56,6 +56,9 @@ SCAN_BLOCK_D = 16
 """Width of the D slices of the scan's dot (16: the smallest tl.dot accepts)."""
 CHUNK_ALIGN = 256
 """GPU: chunk lengths are multiples of this (a multiple of every BLOCK_N)."""
+MAX_GRID_ROWS = 65535 * 16
+"""Most query rows per launch: the scan's row blocks (BLOCK_B >= 16) on CUDA grid axis 1,
+whose limit is 65535; larger batches are searched in slices."""
 MAX_OFFSET = 2**31 - 1
 """Largest element offset of a query row or a dimension the kernels address (int32); the
 launcher copies or splits operands to stay within it."""
@@ -108,14 +111,15 @@ def _scan_kernel(q_ptr, k_ptr, cand_ptr, excl_ptr, part_ptr,
                  HAS_CAND: tl.constexpr, HAS_EXCL: tl.constexpr, K_SEL: tl.constexpr,
                  D_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
                  BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, SELECT: tl.constexpr):
-    # grid (row blocks, chunks): the row blocks on axis 0, whose limit is 2^31 - 1 (axis 1
-    # stops at 65535, i.e. B ~ 1M at BLOCK_B = 16); n_chunks stays ~PROGRAMS_PER_SM x SMs.
+    # grid (chunks, row blocks): the launcher keeps the row blocks within axis 1's limit of
+    # 65535 (MAX_GRID_ROWS rows per launch; with the row blocks on axis 0 instead, the
+    # 16 x 256 tile spills 8 B more under Triton 3.6).
     # pool_key (next_pow2(n_pool)) is only the autotuning key: the exact size would re-run
     # the autotuning at every new pool size (the shards' candidate counts vary per step).
     # Offsets of query rows and of dimensions are int32 (int64 ones spill under Triton 3.6):
     # the launcher keeps each of them below 2^31 (`_int32_offsets`); key rows are int64.
-    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    chunk = tl.program_id(1)
+    chunk = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < n_queries
     start = chunk * chunk_size
     stop = tl.minimum(start + chunk_size, n_pool)
@@ -123,14 +127,13 @@ def _scan_kernel(q_ptr, k_ptr, cand_ptr, excl_ptr, part_ptr,
         skip = tl.load(excl_ptr + rows, mask=row_ok, other=-1)
 
     # query tile: the first D slice stays in registers; ||q||^2 once per program
-    q_rows = q_ptr + rows[:, None] * stride_qb
     dd0 = tl.arange(0, BLOCK_D)
-    q_first = tl.load(q_rows + dd0[None, :] * stride_qd,
+    q_first = tl.load(q_ptr + rows[:, None] * stride_qb + dd0[None, :] * stride_qd,
                       mask=row_ok[:, None] & (dd0 < dim)[None, :], other=0.0).to(tl.float32)
     q_norm = tl.sum(q_first * q_first, axis=1)
     for d0 in tl.static_range(BLOCK_D, D_PAD, BLOCK_D):
         dd = d0 + dd0
-        q = tl.load(q_rows + dd[None, :] * stride_qd,
+        q = tl.load(q_ptr + rows[:, None] * stride_qb + dd[None, :] * stride_qd,
                     mask=row_ok[:, None] & (dd < dim)[None, :], other=0.0).to(tl.float32)
         q_norm += tl.sum(q * q, axis=1)
 
@@ -149,7 +152,7 @@ def _scan_kernel(q_ptr, k_ptr, cand_ptr, excl_ptr, part_ptr,
             if d0 == 0:
                 q = q_first
             else:
-                q = tl.load(q_rows + dd[None, :] * stride_qd,
+                q = tl.load(q_ptr + rows[:, None] * stride_qb + dd[None, :] * stride_qd,
                             mask=row_ok[:, None] & (dd < dim)[None, :], other=0.0).to(tl.float32)
             kt = tl.load(k_ptr + idx[None, :] * stride_kn + dd[:, None] * stride_kd,
                          mask=pos_ok[None, :] & (dd < dim)[:, None], other=0.0).to(tl.float32)
@@ -233,9 +236,10 @@ _TILES = ((16, 64, 4, _BOTH), (32, 64, 8, _BOTH), (64, 64, 16, (SELECT_EXTRACT,)
           (16, 128, 8, (SELECT_TOPK,)), (16, 256, 8, (SELECT_EXTRACT,)))
 """GPU config space: (BLOCK_B, BLOCK_N, num_warps, SELECT methods); BLOCK_N must cover K_SEL
 and divide CHUNK_ALIGN. For d = 40 and K_SEL 16 to 64 each compiles for sm_90 with at most
-24 B of stack per thread under Triton 3.8 and, under 3.6 (the GPU image's), at most 16 B but
-16 x 256 with min extraction (40 B); K_SEL 128 (k > 60) spills 56 B or more under 3.6 whatever
-the tile (bench/results/sm90-compile/knn_tiles.log, last section). The former
+16 B of stack per thread under Triton 3.8 and, under 3.6 (the GPU image's), at most 16 B but
+16 x 256 with min extraction (32 B at K_SEL 16, 40 B at 32 and 64); K_SEL 128 (k > 60) spills
+56 B or more under 3.6 whatever the tile (bench/results/sm90-compile/knn_tiles.log, last
+section). The former
 32 x 64 on 4 warps and 64 x 64 on 8 warps spilled 72 to 168 B."""
 _TUNED: dict[tuple[int, int], object] = {}
 
@@ -286,13 +290,16 @@ def _launch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | None,
     queries [B, d] float, keys [N, d] float32/bfloat16/float16 (any float), candidates int64
     [M] unique or None, exclude int64 [B] or None. Returns float32 [B, k], int64 [B, k].
     The kernels' int32 offsets of query rows and dimensions stay within MAX_OFFSET: a strided
-    operand past it is made contiguous, and queries still past it are searched in row slices.
+    operand past it is made contiguous; queries still past it, or with more than MAX_GRID_ROWS
+    rows, are searched in row slices.
     """
     if _largest_offset(queries) > MAX_OFFSET:
         queries = queries.contiguous()
     if (keys.shape[1] - 1) * keys.stride(1) > MAX_OFFSET:  # key rows are addressed in int64
         keys = keys.contiguous()
-    rows = max(1, (MAX_OFFSET + 1) // queries.stride(0)) if queries.stride(0) else queries.shape[0]
+    rows = MAX_GRID_ROWS
+    if queries.stride(0):
+        rows = min(rows, max(1, (MAX_OFFSET + 1) // queries.stride(0)))
     if queries.shape[0] <= rows:
         return _launch_rows(queries, keys, k, candidates, exclude)
     parts = [_launch_rows(queries[s:s + rows], keys, k, candidates, None if exclude is None else exclude[s:s + rows])
@@ -343,7 +350,7 @@ def _launch_rows(queries: Tensor, keys: Tensor, k: int, candidates: Tensor | Non
     part = torch.empty((batch, n_chunks, k_sel), dtype=torch.int64, device=queries.device)
 
     def grid(m):
-        return (triton.cdiv(batch, m["BLOCK_B"]), n_chunks)
+        return (n_chunks, triton.cdiv(batch, m["BLOCK_B"]))
 
     _launchable(scan)[grid](
         queries, keys, cand, excl, part, batch, pool, chunk, n_chunks, dim,

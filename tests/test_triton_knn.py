@@ -405,7 +405,9 @@ class _Recorder:
 
 def test_grid_fits_cuda_limits_for_a_million_queries(monkeypatch):
     """The GPU launch path's grids stay within CUDA's limits (axes 1 and 2 stop at 65535):
-    the scan's row blocks were on axis 1, so B > 65535 * BLOCK_B failed to launch."""
+    the scan's row blocks are on axis 1, so B > 65535 * BLOCK_B failed to launch; now such a
+    batch is searched in slices of MAX_GRID_ROWS rows."""
+    assert min(tile[0] for tile in kmod._TILES) * 65535 >= kmod.MAX_GRID_ROWS
     grids = []
     meta = {"BLOCK_B": 16, "BLOCK_N": 64, "num_warps": 4, "SELECT": kmod.SELECT_EXTRACT}
     monkeypatch.setattr(kmod, "_interpreting", lambda: False)
@@ -415,8 +417,9 @@ def test_grid_fits_cuda_limits_for_a_million_queries(monkeypatch):
     monkeypatch.setattr(kmod, "_launchable", lambda kernel: _Recorder(grids, meta))
     batch = 65535 * 16 + 1  # nothing is launched: the buffers are allocated, never touched
     queries = torch.empty(batch, 1).expand(batch, 2)
-    kmod._launch(queries, torch.zeros(1000, 2), 4, None, None)
-    assert len(grids) == 2
+    dists, indices = kmod._launch(queries, torch.zeros(1000, 2), 4, None, None)
+    assert dists.shape == indices.shape == (batch, 4)
+    assert len(grids) == 4  # scan and merge for each of the two slices
     for grid in grids:
         assert all(0 < size <= limit for size, limit in zip(grid, CUDA_GRID_LIMITS)), grid
 
