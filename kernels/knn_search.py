@@ -117,7 +117,7 @@ def _scan_kernel(q_ptr, k_ptr, cand_ptr, excl_ptr, part_ptr,
     # pool_key (next_pow2(n_pool)) is only the autotuning key: the exact size would re-run
     # the autotuning at every new pool size (the shards' candidate counts vary per step).
     # Offsets of query rows and of dimensions are int32 (int64 ones spill under Triton 3.6):
-    # the launcher keeps each of them below 2^31 (`_int32_offsets`); key rows are int64.
+    # the launcher keeps each of them below 2^31 (`_launch`); key rows are int64.
     chunk = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < n_queries
