@@ -18,7 +18,7 @@ def trained_run_parser(sub, name: str, help: str, seeded: bool = True) -> argpar
     p.add_argument("--data-root", help="where the data set's raw files are now, when not where the run "
                    "was trained (config data.root)")
     if seeded:
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="seed of the random picks and samples (default: 0)")
     return p
 
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("root", type=Path, nargs="?", help="destination folder (default: data/DATASET, "
                     "where the configs look)")
     dl.add_argument("--force", action="store_true", help="fetch again even when valid files are there")
-    dl.add_argument("--no-progress", action="store_true")
+    dl.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     tr = sub.add_parser("train", help="train a model (then evaluate it and draw pictures); "
                         "data-parallel when launched by torchrun")
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="evaluate a run folder: ELBO, KL/reconstruction, IWAE log-likelihood")
     ev.add_argument("--split", default="test", help="test or val")
     ev.add_argument("--iw-samples", type=int, help="importance samples per point (default: the run's config)")
-    ev.add_argument("--no-pictures", action="store_true")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-pictures", action="store_true", help="write only the metrics JSON (default: for the test "
+                    "split of the best checkpoint, also redraw the run's PNGs and report.md)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sa = trained_run_parser(sub, "sample", help="draw samples from a trained run into a PNG grid")
     sa.add_argument("--kind", default="unconditional", help=f"one of {', '.join(SAMPLE_KINDS)}")

@@ -64,8 +64,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     bits/dim for discretised-logistic data, the kNN classification error of the posterior
     means for labelled data sets, the retrieval gap for an exemplar prior, and the
     environment it ran in; writes metrics.json (test split, best checkpoint; else
-    metrics_<split>_<checkpoint>.json) and, with `pictures`, `write_pictures`'s PNGs and
-    (for metrics.json) report.md, the evaluation at a glance. Returns the metrics."""
+    metrics_<split>_<checkpoint>.json) and, for metrics.json with `pictures`,
+    `write_pictures`'s PNGs and report.md, the evaluation at a glance. Returns the metrics."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     start = time.perf_counter()
@@ -102,10 +102,10 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     metrics["environment"] = environment_record(cfg.train.device)
     metrics_path = files.metrics_for(split, checkpoint)
     write_json(metrics_path, metrics)
-    if pictures:
+    if pictures and metrics_path == files.final_metrics:  # the pictures report.md shows are the
+        # best checkpoint's: another split or checkpoint leaves them (and report.md) as they are
         write_pictures(files, cfg, model, data)
-        if metrics_path == files.final_metrics:
-            atomic_write_text(files.summary, summary_markdown(cfg, metrics, files.root))
+        atomic_write_text(files.summary, summary_markdown(cfg, metrics, files.root))
     return metrics
 
 

@@ -16,7 +16,7 @@ from test_distributed import as_torchrun_process, spawn_team
 from exvae_fast.report import evaluate_run
 from exvae_fast.train.checkpoint import load_checkpoint
 from exvae_fast.train.config import RunConfig, apply_overrides, config_to_dict, config_from_dict
-from exvae_fast.train.ddp import Team, leave, rank_batches
+from exvae_fast.train.ddp import Team, leave, rank_batches, rank_loss
 from exvae_fast.train.loop import Trainer
 
 WORLD = 2
@@ -67,7 +67,7 @@ def two_process_run(tmp_path_factory) -> Path:
 def test_rank_batches_alone_is_the_plain_split():
     order = torch.randperm(23)
     got = rank_batches(order, 5, Team())
-    assert [b.tolist() for b in got] == [b.tolist() for b in order.split(5)]
+    assert [(b.tolist(), total) for b, total in got] == [(b.tolist(), b.numel()) for b in order.split(5)]
     assert len(rank_batches(order, 5, Team(), steps=2)) == 2
 
 
@@ -76,14 +76,30 @@ def test_rank_batches_split_each_global_batch_between_ranks():
     parts = [rank_batches(order, 4, Team(rank, 3)) for rank in range(3)]
     assert all(len(p) == 2 for p in parts)  # 12 + 11 rows; nothing is left for a third step
     for step in range(2):
-        together = torch.cat([parts[rank][step] for rank in range(3)])
+        together = torch.cat([parts[rank][step][0] for rank in range(3)])
         assert together.tolist() == list(range(step * 12, min(step * 12 + 12, 23)))
+        assert all(parts[rank][step][1] == together.numel() for rank in range(3))
     # a last global batch with fewer rows than ranks is dropped: every rank takes the same steps
     kept = [rank_batches(torch.arange(15), 4, Team(rank, 3)) for rank in range(3)]
     assert [len(p) for p in kept] == [2, 2, 2]
-    assert [kept[r][1].tolist() for r in range(3)] == [[12], [13], [14]]
+    assert [(kept[r][1][0].tolist(), kept[r][1][1]) for r in range(3)] == [([12], 3), ([13], 3), ([14], 3)]
     dropped = [rank_batches(torch.arange(14), 4, Team(rank, 3)) for rank in range(3)]
     assert [len(p) for p in dropped] == [1, 1, 1]
+
+
+def test_rank_losses_average_to_the_gradient_of_the_mean_over_the_step():
+    """What DDP does with the ranks' gradients (their average) from each rank_loss equals the
+    gradient of the mean over the step's rows, also for a last batch split 3 / 3 / 2."""
+    rows = torch.randn(8, 4, dtype=torch.float64)
+    weight = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    (want,) = torch.autograd.grad((rows @ weight).square().mean(), weight)
+    grads = []
+    for rank, part in enumerate(rows.tensor_split(3)):
+        loss = (part @ weight).square().mean()
+        grads.append(torch.autograd.grad(rank_loss(loss, part.shape[0], 8, Team(rank, 3)), weight)[0])
+    torch.testing.assert_close(torch.stack(grads).mean(0), want)
+    alone = torch.tensor(2.0)
+    assert rank_loss(alone, 5, 5, Team()) is alone and rank_loss(alone, 4, 12, Team(1, 3)) is alone
 
 
 # -- two processes ---------------------------------------------------------------------------

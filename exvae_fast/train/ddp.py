@@ -65,6 +65,13 @@ def shard_model(model: nn.Module, team: Team, device: torch.device) -> nn.Module
     prior = getattr(model, "prior", None)
     if isinstance(prior, ExemplarPrior) and not isinstance(prior.cache, ShardedLatentCache):
         prior.shard_cache()
+    # DDP broadcasts rank 0's buffers at construction and before every forward: that would
+    # overwrite every other rank's cache shard with rank 0's rows (or abort in gloo when the
+    # shards differ in size), and resend the replicated exemplar images at every step
+    if isinstance(prior, ExemplarPrior):
+        owned = {id(t) for t in (*prior.cache.buffers(), prior.exemplars)}
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [name for name, t in model.named_buffers() if id(t) in owned])
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -80,15 +87,24 @@ def epoch_order(num_items: int, team: Team, device: torch.device) -> Tensor:
     return order
 
 
-def rank_batches(order: Tensor, batch_size: int, team: Team, steps: int | None = None) -> list[Tensor]:
-    """This rank's rows of each step: `order` cut into global batches of batch_size * W rows,
-    each split into W near-equal slices. A last global batch with fewer than W rows is
-    dropped, since every rank must take the same number of steps. `steps` caps the count."""
+def rank_batches(order: Tensor, batch_size: int, team: Team, steps: int | None = None) -> list[tuple[Tensor, int]]:
+    """(this rank's rows, the global batch's row count) of each step: `order` cut into global
+    batches of batch_size * W rows, each split into W near-equal slices. A last global batch
+    with fewer than W rows is dropped, since every rank must take the same number of steps.
+    `steps` caps the count."""
     chunks = list(order.split(batch_size * team.world))
     if chunks and chunks[-1].numel() < team.world:
         chunks.pop()
-    mine = [chunk.tensor_split(team.world)[team.rank] for chunk in chunks]
+    mine = [(chunk.tensor_split(team.world)[team.rank], chunk.numel()) for chunk in chunks]
     return mine if steps is None else mine[:steps]
+
+
+def rank_loss(loss: Tensor, rows: int, batch_rows: int, team: Team) -> Tensor:
+    """The loss to back-propagate on this rank: its mean `loss` over its `rows` of the step,
+    weighted by its share of the step's `batch_rows`, so that DDP's average of the ranks'
+    gradients is the gradient of the mean over all of them (a last global batch splits
+    unevenly); unchanged alone and for even splits."""
+    return loss if rows * team.world == batch_rows else loss * (rows * team.world / batch_rows)
 
 
 def all_finite(loss: Tensor, team: Team) -> bool:

@@ -25,7 +25,7 @@ from .builder import build, load_data
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import RunConfig, config_from_dict, config_to_dict, flatten, save_config_json
 from .ddp import (all_finite, epoch_order, full_state_dict, gather_objects, join, mean_across,
-                  rank_batches, shard_model, sum_across)
+                  rank_batches, rank_loss, shard_model, sum_across)
 from .optim import NormalizedAdam
 from .run_files import RunFiles, append_jsonl, truncate_jsonl, write_json
 
@@ -222,8 +222,9 @@ class Trainer:
                          "world_size": self.team.world, **environment_record(self.device)})
         write_json(path, {"sessions": sessions})
 
-    def _batches(self) -> list[torch.Tensor]:
-        """This process's rows of each step of the epoch (all of each batch when alone)."""
+    def _batches(self) -> list[tuple[torch.Tensor, int]]:
+        """(this process's rows, the step's rows over all processes) of each step of the epoch
+        (all of each batch when alone)."""
         order = epoch_order(self.train_x.shape[0], self.team, self.device)
         return rank_batches(order, self.cfg.train.batch_size, self.team, self.cfg.train.steps_per_epoch)
 
@@ -235,7 +236,7 @@ class Trainer:
         epoch_start = time.perf_counter()
         batches = self._batches()
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
-        for i, idx in enumerate(bar):
+        for i, (idx, batch_rows) in enumerate(bar):
             idx = idx.to(self.device)
             x = self.train_x[idx]
             if self.data.dynamic_binarization:
@@ -246,7 +247,7 @@ class Trainer:
                 where = f" on some rank (here {float(loss.detach())})" if self.team.distributed else ""
                 raise self._diverged(f"loss became {'non-finite' if where else float(loss.detach())}{where}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            rank_loss(loss, x.shape[0], batch_rows, self.team).backward()
             self.optimizer.step()
             self.state.step += 1
             cache = getattr(self.model.prior, "cache", None)
