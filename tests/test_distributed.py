@@ -359,9 +359,10 @@ def _assert_state(got: dict, want: LatentCache) -> None:
     assert got["step"] == want.step
 
 
-def _assert_peer_error(outcome, failing: list[int], name: str) -> None:
-    """outcome is the ValueError that a rank gets when another rank's arguments failed."""
-    assert outcome[0] == "ValueError" and name in outcome[1]
+def _assert_peer_error(outcome, failing: list[int], name: str, kind: str = "ValueError") -> None:
+    """outcome is the ValueError (a NonFiniteError for NaN/Inf) that a rank gets when another
+    rank's arguments failed."""
+    assert outcome[0] == kind and name in outcome[1]
     assert f"rank(s) {', '.join(map(str, failing))}" in outcome[1] and "nothing was done" in outcome[1]
 
 
@@ -564,7 +565,7 @@ def test_sharded_update_rejects_bad_arguments_on_every_rank(run):
         if r == 0:
             assert errors["values"] == ("NonFiniteError", "values contains NaN/Inf")  # a ValueError
         else:
-            _assert_peer_error(errors["values"], [0], "update_")
+            _assert_peer_error(errors["values"], [0], "update_", "NonFiniteError")  # diverged everywhere
 
 
 def test_sharded_mixture_equals_mixture_over_all_means(run):

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..ops.errors import NonFiniteError
 from ..ops.validation import check_int, check_tensor
 
 MAX_DIMS = 8
@@ -133,6 +134,10 @@ def dtype_of(code: int) -> torch.dtype:
     return _DTYPES[code]
 
 
+INVALID, NON_FINITE = 1, 2
+"""`exchange`'s verdict codes of a rank whose checks failed (0: passed)."""
+
+
 def exchange(fields: Sequence[int], error: BaseException | None, *, what: str,
              device: torch.device, group: dist.ProcessGroup | None = None) -> Tensor:
     """All-gather a small header of ints from every rank, raising on EVERY rank when the
@@ -140,10 +145,12 @@ def exchange(fields: Sequence[int], error: BaseException | None, *, what: str,
 
     error: the exception this rank's argument checks raised (None when they passed): it is
     re-raised here, after the exchange, and the other ranks raise a ValueError naming this
-    rank, so no rank is left waiting in a later collective and none has changed any state.
+    rank (a NonFiniteError when every failing rank's was one: NaN/Inf, a diverged model to
+    the trainer on every rank), so no rank is left waiting in a later collective and none
+    has changed any state.
     """
     row = torch.zeros(1 + len(fields), dtype=torch.int64, device=device)
-    row[0] = int(error is not None)
+    row[0] = 0 if error is None else NON_FINITE if isinstance(error, NonFiniteError) else INVALID
     if error is None:
         row[1:] = torch.tensor(list(fields), dtype=torch.int64)
     if is_distributed(group):
@@ -156,8 +163,10 @@ def exchange(fields: Sequence[int], error: BaseException | None, *, what: str,
         raise error
     failed = torch.nonzero(table[:, 0]).flatten().tolist()
     if failed:
-        raise ValueError(f"{what}: rank(s) {', '.join(map(str, failed))} passed invalid "
-                         "arguments (the error is raised there); nothing was done on any rank")
+        kind = NonFiniteError if all(int(table[r, 0]) == NON_FINITE for r in failed) else ValueError
+        raise kind(f"{what}: rank(s) {', '.join(map(str, failed))} passed invalid arguments"
+                   f"{' (NaN/Inf)' if kind is NonFiniteError else ''} (the error is raised there); "
+                   "nothing was done on any rank")
     return table[:, 1:]
 
 
