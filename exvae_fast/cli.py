@@ -47,14 +47,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _train_one(cfg: RunConfig, args: argparse.Namespace, resume: bool) -> Path | None:
     """Train (and unless --no-eval evaluate) one run; its folder, or None on ranks other than 0."""
     from .report import evaluate_run
-    from .train.ddp import leave
     from .train.loop import Trainer
 
     trainer = Trainer(cfg, progress=not args.no_progress)
     try:
         summary = trainer.fit(resume=resume, overwrite=args.overwrite)
     finally:
-        leave(trainer.team)
+        trainer.leave_team()
     if not trainer.team.is_main:  # under torchrun, rank 0 reports and evaluates
         return None
     print(f"trained {summary.epochs_completed} epochs in {summary.seconds:.1f} s; best validation ELBO "

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,8 +18,8 @@ from test_distributed import as_torchrun_process, spawn_team
 from exvae_fast.report import evaluate_run
 from exvae_fast.train.checkpoint import load_checkpoint
 from exvae_fast.train.config import RunConfig, apply_overrides, config_to_dict, config_from_dict
-from exvae_fast.train.ddp import Team, leave, rank_batches, rank_loss
-from exvae_fast.train.loop import Trainer
+from exvae_fast.train.ddp import Team, rank_batches, rank_loss
+from exvae_fast.train.loop import Trainer, seed_everything
 
 WORLD = 2
 TRAIN_ROWS = 300  # data.synthetic_size: the training rows
@@ -43,7 +45,7 @@ def _train_worker(rank: int, world: int, port: int, cfg: dict, resume: bool, ref
             with pytest.raises(RuntimeError, match="trains once"):
                 trainer.fit(resume=True)
     finally:
-        leave(trainer.team)
+        trainer.leave_team()
 
 
 def train_in_processes(cfg: RunConfig, resume: bool = False, world: int = WORLD,
@@ -100,6 +102,16 @@ def test_rank_losses_average_to_the_gradient_of_the_mean_over_the_step():
     torch.testing.assert_close(torch.stack(grads).mean(0), want)
     alone = torch.tensor(2.0)
     assert rank_loss(alone, 5, 5, Team()) is alone and rank_loss(alone, 4, 12, Team(1, 3)) is alone
+
+
+def test_team_members_draw_streams_apart_from_other_seeds():
+    def draws(seed, rank=0):
+        seed_everything(seed, rank)
+        return (torch.rand(3).tolist(), random.random(), float(np.random.rand()))
+    assert draws(0, 1) != draws(1) and draws(1, 1) != draws(2) and draws(0, 1) != draws(0)
+    assert draws(0, 1) == draws(0, 1)
+    seed_everything(5)
+    assert draws(5, 0) == draws(5) and torch.initial_seed() == 5  # alone: the seed itself
 
 
 # -- two processes ---------------------------------------------------------------------------

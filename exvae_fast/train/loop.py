@@ -4,6 +4,7 @@ checkpoints and exact resume (paper, appendix L.2). Under torchrun, data-paralle
 processes with a sharded exemplar cache (train/ddp.py)."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -24,7 +25,7 @@ from ..priors import ExemplarPrior
 from .builder import build, load_data
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import RunConfig, config_from_dict, config_to_dict, flatten, save_config_json
-from .ddp import (all_finite, epoch_order, full_state_dict, gather_objects, join, mean_across,
+from .ddp import (all_finite, epoch_order, full_state_dict, gather_objects, join, leave, mean_across,
                   rank_batches, rank_loss, shard_model, sum_across)
 from .optim import NormalizedAdam
 from .run_files import RunFiles, append_jsonl, truncate_jsonl, write_json
@@ -80,11 +81,13 @@ def check_device(device: str) -> torch.device:
     return dev
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch (all devices). A team member of `rank` > 0 gets streams
+    of its own, apart from every other (seed, rank)'s for seeds below 2^32 (seed + rank would
+    give rank 1 of seed 0 the streams of seed 1); rank 0's are those of `seed` alone."""
+    random.seed(seed + rank * 2**32)
+    np.random.seed(seed % 2**32 if rank == 0 else [seed % 2**32, rank])
+    torch.manual_seed((seed + rank * 2**32) % 2**64)
 
 
 def refresh_exemplar_cache(model: LatentVariableModel, batch_size: int) -> None:
@@ -99,14 +102,14 @@ class Trainer:
 
     Launched by torchrun, each process is one member of a data-parallel team (`team`):
     train.batch_size rows per process and step, rank 0 writing the run folder (see
-    train/ddp.py); the caller leaves the process group (`ddp.leave(trainer.team)`)."""
+    train/ddp.py); the caller leaves the process group (`trainer.leave_team()`)."""
 
     def __init__(self, cfg: RunConfig, data: DataSplits | None = None, progress: bool = True) -> None:
         self.cfg = cfg
         self.team, self.device = join(check_device(cfg.train.device))
         self.files = RunFiles(Path(cfg.out_dir) / cfg.name)
         self.progress = progress and self.team.is_main
-        seed_everything(cfg.train.seed + self.team.rank)
+        seed_everything(cfg.train.seed, self.team.rank)
         self.data = data if data is not None else load_data(cfg)
         self.model = build(cfg, self.data, self.device)
         self.step_model = self.model  # what training steps call: DDP's wrapper in a team
@@ -150,6 +153,16 @@ class Trainer:
         restore_rng_state(ckpt.get("rng_by_rank", [ckpt["rng"]])[self.team.rank])
         if self.team.is_main:
             truncate_jsonl(self.files.metrics_log, self.state.epoch)
+
+    def leave_team(self) -> None:
+        """Leave the torchrun team's process group (`ddp.leave`; a no-op alone), dropping the
+        DDP wrapper first: it holds the group, whose gloo worker threads would otherwise live
+        on to the interpreter's exit and could abort the process there (SIGABRT). The Trainer
+        trains no more afterwards; its model stays usable."""
+        if self.step_model is not self.model:
+            self.step_model = None
+            gc.collect()
+        leave(self.team)
 
     # -- the loop ------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> TrainSummary:
