@@ -151,17 +151,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError("--n and --per-row: expected positive integers")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     torch.manual_seed(args.seed)
-    device = cfg.train.device
     picks = torch.randperm(data.train.shape[0])[: args.n]
+    # the generators move batches to the model's device and return images on the CPU
     if args.kind == "unconditional":
         images = sample_images(model, args.n * args.per_row).reshape(args.n, args.per_row, -1)
     elif args.kind == "exemplar":
-        exemplars = data.train[picks].to(device)
+        exemplars = data.train[picks].cpu()
         samples = exemplar_conditioned_samples(model, exemplars, args.per_row)
         images = torch.cat([exemplars.unsqueeze(1), samples], dim=1)
     else:
         start = torch.rand(args.n, model.input_dim) if args.from_noise else data.train[picks]
-        images = iterative_generation(model, start.to(device), args.per_row).transpose(0, 1)
+        images = iterative_generation(model, start, args.per_row).transpose(0, 1)
     save_image_grid(images.cpu(), model.input_shape, args.out)
     print(f"wrote {args.out}")
     return 0

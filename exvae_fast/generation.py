@@ -98,6 +98,7 @@ def augment_dataset(model: LatentVariableModel, images: Tensor, labels: Tensor |
     data (paper section 5.3, supplement M).
     """
     check_data(model, images, "images")
+    check_count(per_example, "per_example")
     if labels is not None:
         _check_labels(labels, images.shape[0])
     samples = exemplar_conditioned_samples(model, images, per_example, batch_size, progress=progress)

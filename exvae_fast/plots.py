@@ -149,13 +149,20 @@ def plot_embedding(coords: Tensor, path: str | os.PathLike, labels: Tensor | Non
         if not isinstance(labels, Tensor) or labels.shape != (xy.shape[0],):
             raise ValueError(f"labels: expected a tensor of shape [{xy.shape[0]}] (one per point)")
         classes = labels.detach().cpu().long().numpy()
-        colours = matplotlib.colormaps["tab10" if len(np.unique(classes)) <= 10 else "tab20"]
-        for i, c in enumerate(np.unique(classes)):
+        unique = np.unique(classes)
+        if len(unique) <= 20:
+            colours = matplotlib.colormaps["tab10" if len(unique) <= 10 else "tab20"]
+        else:  # tab20 would repeat colours (Omniglot's 50 alphabets)
+            colours = matplotlib.colormaps["turbo"].resampled(len(unique))
+        for i, c in enumerate(unique):
             name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
             mine = classes == c
             ax.scatter(xy[mine, 0], xy[mine, 1], s=size, alpha=0.7, linewidths=0, color=colours(i % colours.N),
                        label=name)
-        ax.legend(markerscale=max(1.0, 30.0 / size) ** 0.5, fontsize="small", loc="best", framealpha=0.8)
+        many = len(unique) > 20  # beside the axes in columns of 20: inside, it would hide the points
+        ax.legend(markerscale=max(1.0, 30.0 / size) ** 0.5, fontsize="small", framealpha=0.8,
+                  ncol=math.ceil(len(unique) / 20), **({"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)}
+                                                       if many else {"loc": "best"}))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title)

@@ -165,7 +165,7 @@ def write_pictures(files: RunFiles, cfg: RunConfig, model: LatentVariableModel, 
     save_image_grid(sample_images(model, cfg.eval.num_sample_images).cpu(), shape, files.samples)
     rows = min(EXEMPLAR_ROWS, data.train.shape[0])
     picks = torch.linspace(0, data.train.shape[0] - 1, rows).long()
-    exemplars = data.train[picks].to(cfg.train.device)
+    exemplars = data.train[picks].cpu()  # batches go to the model's device; samples come back on the CPU
     conditioned = exemplar_conditioned_samples(model, exemplars, EXEMPLAR_ROWS)  # [E, n, D]
     grid = torch.cat([exemplars.unsqueeze(1), conditioned], dim=1)  # exemplar first in each row
     save_image_grid(grid.cpu(), shape, files.exemplar_samples)

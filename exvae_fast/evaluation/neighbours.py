@@ -42,6 +42,14 @@ def nearest_neighbours(model: LatentVariableModel, queries: Tensor, key_means: T
     posterior mean, queries [Q, D] images: (squared distances float32 [Q, k], indices int64
     [Q, k]), nearest first, on the model's device. exclude: int64 [Q], a key each query skips
     (its own index when the queries are training images), -1 for none."""
+    check_data(model, queries, "queries")
+    if exclude is not None:  # checked whole here: each batch below sees only its slice
+        if not isinstance(exclude, Tensor):
+            raise TypeError(f"exclude: expected an int64 tensor of shape [{queries.shape[0]}], "
+                            f"got {type(exclude).__name__}")
+        if exclude.shape != (queries.shape[0],):
+            raise ValueError(f"exclude: expected shape [{queries.shape[0]}] (one key index per query), "
+                             f"got {list(exclude.shape)}")
     means = encode_means(model, queries, batch_size, progress=progress)
     parts = []
     for start in range(0, means.shape[0], batch_size):
