@@ -8,7 +8,10 @@ from torch import Tensor, nn
 from .base import Encoder, Prior, check_count
 from .diag_mixture import ComponentSubsampling, log_mixture_diag, sample_diag_mixture
 
-# VampPrior's reference initialisation of the pseudo-inputs: N(0.05, 0.01^2) pixels.
+# Initialisation of the pseudo-inputs: N(0.05, 0.01^2) pixels. A deliberate deviation:
+# VampPrior's code (and the Exemplar VAE code) default to N(-0.05, 0.01^2) under a
+# hardtanh(0, 1), which sets every pseudo-input to 0 with a zero gradient, so they never
+# move (a single frozen component); +0.05 keeps them inside the clamp and trainable.
 PSEUDO_INPUT_MEAN = 0.05
 PSEUDO_INPUT_STD = 0.01
 
@@ -18,7 +21,7 @@ class VampPrior(Prior):
 
     The pseudo-inputs are parameters of this module; the encoder is passed at each call.
     `init` ([K, D], e.g. random training images) replaces the default N(0.05, 0.01)
-    initialisation.
+    initialisation (see PSEUDO_INPUT_MEAN for why not VampPrior's default N(-0.05, 0.01)).
     """
 
     def __init__(self, latent_dim: int, input_dim: int, num_components: int = 500,
@@ -35,7 +38,12 @@ class VampPrior(Prior):
 
     @property
     def pseudo_inputs(self) -> Tensor:
-        """[K, D] pseudo-inputs in [0, 1] (hard-tanh to the pixel range, as VampPrior)."""
+        """[K, D] pseudo-inputs in [0, 1] (hard-tanh to the pixel range, as VampPrior).
+
+        Same forward values as VampPrior's hardtanh(0, 1); the gradient differs only at
+        exactly 0 or 1, where clamp passes it and hardtanh does not (so an `init` of binary
+        images stays trainable here, while it would be frozen in VampPrior's code).
+        """
         return self.pseudo_inputs_raw.clamp(0.0, 1.0)
 
     def _components(self, encoder: Encoder | None, subset: Tensor | None) -> tuple[Tensor, Tensor]:
