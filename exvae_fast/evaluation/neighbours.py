@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..models.base import LatentVariableModel
 from ..ops import knn_search
+from ..ops.validation import check_index, check_shape
 from ..priors.base import check_count
 from .mode import check_data, evaluation_mode, iterate_batches, model_device
 
@@ -44,12 +45,8 @@ def nearest_neighbours(model: LatentVariableModel, queries: Tensor, key_means: T
     (its own index when the queries are training images), -1 for none."""
     check_data(model, queries, "queries")
     if exclude is not None:  # checked whole here: each batch below sees only its slice
-        if not isinstance(exclude, Tensor):
-            raise TypeError(f"exclude: expected an int64 tensor of shape [{queries.shape[0]}], "
-                            f"got {type(exclude).__name__}")
-        if exclude.shape != (queries.shape[0],):
-            raise ValueError(f"exclude: expected shape [{queries.shape[0]}] (one key index per query), "
-                             f"got {list(exclude.shape)}")
+        check_index(exclude, "exclude")
+        check_shape(exclude, "exclude", (queries.shape[0],), "one key index per query")
     means = encode_means(model, queries, batch_size, progress=progress)
     parts = []
     for start in range(0, means.shape[0], batch_size):
