@@ -150,18 +150,21 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1 or args.per_row < 1:
         raise ValueError("--n and --per-row: expected positive integers")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
+    if args.kind == "exemplar" or (args.kind == "iterative" and not args.from_noise):
+        _check_rows(args.n, data.train.shape[0], "train")  # rows start from distinct training images
     torch.manual_seed(args.seed)
     picks = torch.randperm(data.train.shape[0])[: args.n]
+    batch = cfg.train.eval_batch_size
     # the generators move batches to the model's device and return images on the CPU
     if args.kind == "unconditional":
-        images = sample_images(model, args.n * args.per_row).reshape(args.n, args.per_row, -1)
+        images = sample_images(model, args.n * args.per_row, batch).reshape(args.n, args.per_row, -1)
     elif args.kind == "exemplar":
         exemplars = data.train[picks].cpu()
-        samples = exemplar_conditioned_samples(model, exemplars, args.per_row)
+        samples = exemplar_conditioned_samples(model, exemplars, args.per_row, batch)
         images = torch.cat([exemplars.unsqueeze(1), samples], dim=1)
     else:
         start = torch.rand(args.n, model.input_dim) if args.from_noise else data.train[picks]
-        images = iterative_generation(model, start, args.per_row).transpose(0, 1)
+        images = iterative_generation(model, start, args.per_row, batch).transpose(0, 1)
     save_image_grid(images.cpu(), model.input_shape, args.out)
     print(f"wrote {args.out}")
     return 0
@@ -171,6 +174,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     from .generation import augment_dataset, save_augmented
     from .report import load_trained
 
+    if args.per_example < 1:
+        raise ValueError(f"--per-example: expected a positive integer, got {args.per_example}")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     torch.manual_seed(args.seed)
     images, labels = augment_dataset(model, data.train.to(cfg.train.device), data.train_labels,
@@ -185,6 +190,12 @@ def _check_split(split: str) -> None:
         raise ValueError(f"--split: expected one of {DATA_SPLITS}, got {split!r}")
 
 
+def _check_rows(n: int | None, available: int, split: str) -> None:
+    """--n draws distinct rows of a split: refuse more than it has (rather than quietly fewer)."""
+    if n is not None and n > available:
+        raise ValueError(f"--n: expected at most {available} (the {split} split's rows), got {n}")
+
+
 def _cmd_retrieve(args: argparse.Namespace) -> int:
     from .evaluation import encode_means, nearest_neighbours
     from .plots import save_image_grid
@@ -195,6 +206,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
         raise ValueError("--n and --k: expected positive integers")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool = getattr(data, args.split)
+    _check_rows(args.n, pool.shape[0], args.split)
     picks = pick_rows(pool.shape[0], args.n, args.seed)
     queries = pool[picks]
     exclude = picks if args.split == "train" else None
@@ -225,6 +237,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--n: expected at least 2 points, got {args.n}")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool, labels = getattr(data, args.split), getattr(data, f"{args.split}_labels")
+    _check_rows(args.n, pool.shape[0], args.split)
     picks, coords = latent_picture(model, pool, labels, args.out, dataset=data.name, run_name=cfg.name,
                                    split=args.split, method=args.method, n=args.n, perplexity=args.perplexity,
                                    seed=args.seed, batch_size=cfg.train.eval_batch_size)

@@ -91,6 +91,14 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
     assert "each followed by its 4 nearest training images" in capsys.readouterr().out
     assert main(["retrieve", str(run_dir), "--split", "nope", "--out", str(tmp_path / "x.png")]) == 2
     assert main(["retrieve", str(run_dir), "--k", "4001", "--out", str(tmp_path / "x.png")]) == 2
+    capsys.readouterr()
+    for argv in (["retrieve", "--split", "test", "--n", "501"], ["embed", "--method", "pca", "--n", "501"],
+                 ["sample", "--kind", "exemplar", "--n", "4001"], ["sample", "--kind", "iterative", "--n", "4001"]):
+        # more distinct rows than the split holds: refused, not quietly fewer
+        assert main([argv[0], str(run_dir), *argv[1:], "--out", str(tmp_path / "x.png")]) == 2
+        assert "--n: expected at most" in capsys.readouterr().err, argv
+    assert main(["augment", str(run_dir), "--per-example", "0", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "--per-example: expected a positive integer" in capsys.readouterr().err
     npz = tmp_path / "aug.npz"
     assert main(["augment", str(run_dir), "--per-example", "2", "--out", str(npz)]) == 0
     with np.load(npz) as f:
