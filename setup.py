@@ -80,7 +80,8 @@ def extension_build() -> dict:
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     sources = ["csrc/cache_update.cpp", "csrc/python_module.cpp"]
     cxx = ["-O3", *openmp_flags()] if sys.platform != "win32" else ["/O2", *openmp_flags()]
-    kwargs = dict(py_limited_api=True, optional=True, extra_link_args=openmp_flags())
+    kwargs = dict(py_limited_api=True, optional=True, extra_link_args=openmp_flags(),
+                  depends=["csrc/cache_update.h"])
     if with_cuda:
         extension = cpp_extension.CUDAExtension(
             "exvae_fast._C", [*sources, "csrc/cache_update_cuda.cu"],
