@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -274,7 +275,8 @@ def latex_table(experiments: Sequence[Experiment], metric: Metric) -> str | None
                 texts.append("--")
                 continue
             mean, std = mean_std(c.values)
-            body = f"{mean:.{metric.digits}f}" + ("" if std is None else rf" \pm {std:.{metric.digits}f}")
+            body = _latex_number(mean, metric.digits) + ("" if std is None else
+                                                          rf" \pm {_latex_number(std, metric.digits)}")
             body = rf"\mathbf{{{body}}}" if c.best else body
             texts.append(f"${body}$" + ("" if std is None else f" ({len(c.values)})"))
         lines.append(" & ".join([latex_escape(label), *texts]) + r" \\")
@@ -282,12 +284,32 @@ def latex_table(experiments: Sequence[Experiment], metric: Metric) -> str | None
     return "\n".join(lines)
 
 
+def _latex_number(value: float, digits: int) -> str:
+    """value with `digits` decimals, for math mode; NaN and infinities as words and symbols
+    ("$nan$" would typeset as the product of the variables n, a, n)."""
+    if math.isnan(value):
+        return r"\mathrm{NaN}"
+    if math.isinf(value):
+        return r"\infty" if value > 0 else r"-\infty"
+    return f"{value:.{digits}f}"
+
+
 def _row_order(e: Experiment) -> tuple:
     models = list(MODEL_NAMES)
     priors = ["standard", "mog", "vamp", "exemplar"]
     name, prior = e.settings["model.name"], e.settings["prior.name"]
     return (models.index(name) if name in models else len(models),
-            priors.index(prior) if prior in priors else len(priors), e.label)
+            priors.index(prior) if prior in priors else len(priors), _natural_key(e.label))
+
+
+NUMBER = re.compile(r"(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+
+
+def _natural_key(label: str) -> tuple:
+    """Sort key comparing the numbers in a label by value: "(50)" < "(500)" < "(1000)",
+    "k=5" < "k=10" (as text, "(1000)" and "k=10" would come first)."""
+    parts = NUMBER.split(label)  # text, number, text, ...: the same kind at each position
+    return tuple(float(p) if i % 2 else p for i, p in enumerate(parts))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
@@ -344,7 +366,8 @@ def _notes(runs: Sequence[Run], experiments: Sequence[Experiment]) -> list[str]:
                           for s in (e.settings for e in experiments)})
     notes = [f"{len(runs)} run folder(s), {sum(len(e.runs) for e in experiments)} evaluated, in "
              f"{len(experiments)} experiment(s); cells: mean ± sample standard deviation (runs) over "
-             "the runs of an experiment (same settings, other seeds); best mean of each column in bold."]
+             "the runs of an experiment (same settings, other seeds), a cell without ± holds a single run; "
+             "best mean of each column in bold."]
     notes += [f"Evaluated on the {split} split, {ckpt} checkpoint, {iw} importance samples per point."
               for split, ckpt, iw in evaluations]
     pending = [str(r.path) for r in runs if r.metrics is None]
