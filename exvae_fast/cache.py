@@ -17,7 +17,9 @@ class LatentCache(nn.Module):
 
     All state lives in buffers, so it moves with `.to(device)` and is saved in `state_dict`
     (checkpoints hold the cache). The storage dtype is fixed at construction: module-wide
-    casts such as `model.double()` move the buffers but keep their dtypes.
+    casts such as `model.double()` move the buffers but keep their dtypes, and a state dict
+    saved in another dtype is converted on loading, as a write would store it (norms of the
+    rows as stored; ValueError when a row overflows the storage dtype).
 
     Buffers: means [N, d] (storage dtype), sq_norms [N] float32 (squared norm of each stored
     row), stamps [N] int64 (step at which the row was last written; -1: never written).
@@ -48,6 +50,7 @@ class LatentCache(nn.Module):
         self.register_buffer("_step", torch.zeros((), dtype=torch.int64, device=device))
         # host copy of _step, so reading the step never synchronises an accelerator
         self._host_step = 0
+        self.register_load_state_dict_pre_hook(_convert_loaded_means)
         self.register_load_state_dict_post_hook(_reload_host_step)
         self._index: FaissIndex | None = None
         self._index_dirty = False  # True: the index must be built from the means before use
@@ -194,6 +197,22 @@ class LatentCache(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_items={self.num_items}, dim={self.dim}, dtype={self.means.dtype}"
+
+
+def _convert_loaded_means(module: LatentCache, state_dict: dict, prefix: str, *_: object) -> None:
+    """Before load_state_dict: means [N, d] saved in another dtype are converted to the
+    storage dtype here (load_state_dict passes a copy of the dict), and sq_norms [N] are
+    recomputed from the rows as stored, so that they stay the norms of the stored rows."""
+    means = state_dict.get(prefix + "means")
+    dtype = module.means.dtype
+    if not isinstance(means, Tensor) or means.dtype == dtype or means.shape != module.means.shape:
+        return  # same dtype, or a mismatch that load_state_dict itself reports
+    stored = means.detach().to(dtype)
+    if not bool(torch.isfinite(stored).all()):
+        raise ValueError(f"means: the loaded {means.dtype} rows overflow the cache's {dtype} "
+                         "storage (NaN/Inf after conversion)")
+    state_dict[prefix + "means"] = stored
+    state_dict[prefix + "sq_norms"] = stored.float().square().sum(1)
 
 
 def _reload_host_step(module: LatentCache, incompatible_keys: object) -> None:

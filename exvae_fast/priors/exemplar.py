@@ -21,18 +21,24 @@ search; they are re-encoded exactly all the same.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from .. import ops
 from ..ann import FaissIndex
+from ..ops.device_checks import DeviceChecks
 from ..ops.dispatch import backend_for
+from ..ops.validation import CACHE_DTYPES, check_float, check_shape, check_tensor
 from ..cache import LatentCache
 from ..distributed import ShardedLatentCache
 from .base import Encoder, Prior, check_count
 
 MODES = ("exact", "retrieval")
+INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+"""dtypes `indices` may have (torch indexing takes them all); converted to int64."""
 
 
 class ExemplarPrior(Prior):
@@ -61,6 +67,7 @@ class ExemplarPrior(Prior):
             raise ValueError("exemplars: contains NaN/Inf")
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        _check_cache_dtype(cache_dtype)
         self.latent_dim = check_count(latent_dim, "latent_dim")
         self.mode = mode
         self.num_exemplars = max(2, num_items // 2) if num_exemplars is None else check_count(num_exemplars, "num_exemplars")
@@ -79,7 +86,7 @@ class ExemplarPrior(Prior):
         self._mixture_backend = backend_for("mixture_log_density", backend)
         self._knn_backend = backend_for("knn_search", backend)
         self._update_backend = backend_for("cache_update_", backend)
-        self.log_var = nn.Parameter(torch.tensor(float(init_log_var)))
+        self.log_var = nn.Parameter(torch.tensor(_check_init_log_var(init_log_var)))
         # Not persistent: the images come from the data set, not from checkpoints.
         self.register_buffer("exemplars", exemplars.detach(), persistent=False)
         self.cache = LatentCache(num_items, latent_dim, dtype=cache_dtype, device=exemplars.device)
@@ -106,8 +113,21 @@ class ExemplarPrior(Prior):
 
     def refresh(self, encoder: Encoder, batch_size: int = 1000) -> None:
         """Re-encode every exemplar into the cache (no gradient, mode unchanged)."""
-        self.cache.refresh_(lambda x: encoder(x)[0], self.exemplars, batch_size,
+        self.cache.refresh_(lambda x: self._encode_means(encoder, x), self.exemplars, batch_size,
                             backend=self._update_backend)
+
+    def _encode_means(self, encoder: Encoder, x: Tensor) -> Tensor:
+        """mu [n, d] of encoder(x) = (mu, log_var) for x [n, D]; ValueError naming the
+        encoder when its first output is not a floating [n, latent_dim] tensor."""
+        mu = encoder(x)[0]
+        if not isinstance(mu, Tensor) or not mu.is_floating_point() \
+                or tuple(mu.shape) != (x.shape[0], self.latent_dim):
+            got = (f"{mu.dtype} of shape {list(mu.shape)}" if isinstance(mu, Tensor)
+                   else type(mu).__name__)
+            raise ValueError(f"encoder: expected it to return (mu, log_var) with mu a floating "
+                             f"[{x.shape[0]}, {self.latent_dim}] tensor ([n, latent_dim]), but its "
+                             f"first output is {got}")
+        return mu
 
     def log_prob(self, z: Tensor, *, encoder: Encoder | None = None,
                  query: Tensor | None = None, indices: Tensor | None = None) -> Tensor:
@@ -117,27 +137,43 @@ class ExemplarPrior(Prior):
             return self.cache.mixture_log_density(z, self.log_var, backend=self._mixture_backend)
         if encoder is None:
             raise ValueError("encoder: the exemplar prior needs the model's encoder in training")
-        indices = self._check_indices(indices, z.shape[0])
+        if query is None and self.mode == "retrieval":
+            raise ValueError("query: retrieval mode needs the batch's posterior means [B, d]")
+        indices = self._check_batch(z, query, indices)
         if self.mode == "exact":
             return self._log_prob_exact(z, encoder, query, indices)
-        if query is None:
-            raise ValueError("query: retrieval mode needs the batch's posterior means [B, d]")
         return self._log_prob_retrieval(z, encoder, query.detach(), indices)
 
-    def _check_indices(self, indices: Tensor | None, batch: int) -> Tensor | None:
+    def _check_batch(self, z: Tensor, query: Tensor | None, indices: Tensor | None) -> Tensor | None:
+        """Checks a training batch's query [B, d] (float, finite) and indices [B] (any
+        integer dtype, in [0, N)) before any state changes, reading the data once; returns
+        the indices as int64 on the exemplars' device (None when not needed)."""
+        batch, checks = z.shape[0], DeviceChecks()
+        if query is not None:
+            check_float(query, "query")
+            check_shape(query, "query", (batch, self.latent_dim), "the rows of z, latent_dim")
+            if query.device != z.device:
+                raise ValueError(f"query: on {query.device}, but z is on {z.device}")
+            checks.finite(query, "query")
         if indices is None:
             if self.leave_one_out or self.mode == "retrieval":
                 raise ValueError("indices: training needs the batch's training-set indices [B] "
                                  "(leave-one-out and cache write-back)")
-            return None
-        if indices.dtype != torch.int64 or indices.shape != (batch,):
-            raise ValueError(f"indices: expected an int64 tensor of shape [{batch}], got "
-                             f"{indices.dtype} {list(indices.shape)}")
-        if indices.numel():
-            low, high = torch.stack(torch.aminmax(indices)).tolist()  # one host read per step
-            if low < 0 or high >= self.num_items:
-                raise ValueError(f"indices: expected values in [0, {self.num_items}), got [{low}, {high}]")
-        return indices.to(self.exemplars.device)
+        else:
+            indices = self._as_index(indices, batch)
+            checks.in_range(indices, "indices", self.num_items)
+        checks.verify()
+        return indices
+
+    def _as_index(self, indices: object, batch: int) -> Tensor:
+        """indices (a tensor of an `INDEX_DTYPES` dtype, shape [batch]) as int64 on the
+        exemplars' device."""
+        check_tensor(indices, "indices")
+        if indices.dtype not in INDEX_DTYPES:
+            raise TypeError(f"indices: expected an integer tensor (int64, or another width), "
+                            f"got {indices.dtype}")
+        check_shape(indices, "indices", (batch,), "one per row of z")
+        return indices.to(self.exemplars.device, torch.int64)
 
     def _draw_subset(self) -> Tensor:
         """pi: M distinct exemplar indices, redrawn every step."""
@@ -155,14 +191,17 @@ class ExemplarPrior(Prior):
     def _log_prob_exact(self, z: Tensor, encoder: Encoder, query: Tensor | None,
                         indices: Tensor | None) -> Tensor:
         subset = self._draw_subset()
-        means = encoder(self.exemplars[subset])[0]
+        means = self._encode_means(encoder, self.exemplars[subset])
         exclude = self._positions(subset, indices)
         log_r = ops.mixture_log_density(z, means, self.log_var, exclude=exclude,
                                         backend=self._mixture_backend)
-        # free write-back: keeps the cache fresh
-        self.cache.update_(subset, means.detach(), backend=self._update_backend)
+        # free write-back: keeps the cache fresh. One write, so that it is all or nothing;
+        # the batch's means come last and win over the subset's for the same rows
+        rows, values = subset, means.detach()
         if query is not None and indices is not None:
-            self.cache.update_(indices, query.detach(), backend=self._update_backend)
+            rows = torch.cat([subset, indices])
+            values = torch.cat([values, query.detach()])
+        self.cache.update_(rows, values, backend=self._update_backend)
         return log_r
 
     def _log_prob_retrieval(self, z: Tensor, encoder: Encoder, query: Tensor, indices: Tensor) -> Tensor:
@@ -178,7 +217,7 @@ class ExemplarPrior(Prior):
         _, neighbours = self.cache.knn(query, self.k, candidates=subset, exclude=exclude,
                                        backend=self._knn_backend)
         union = torch.unique(neighbours)  # sorted; each neighbour re-encoded once
-        means = encoder(self.exemplars[union])[0]
+        means = self._encode_means(encoder, self.exemplars[union])
         self.cache.update_(union, means.detach(), backend=self._update_backend)
         exclude_in_union = self._positions(union, indices)
         log_mixture = ops.mixture_log_density(z, means, self.log_var, exclude=exclude_in_union,
@@ -194,12 +233,13 @@ class ExemplarPrior(Prior):
         return log_mixture + torch.log(taking_part) - torch.log(total)
 
     def sample(self, n: int, *, encoder: Encoder | None = None) -> Tensor:
-        """Pick n exemplars uniformly and draw z ~ N(mu_j, sigma^2 I) from the cache: [n, d]."""
+        """Pick n exemplars uniformly and draw z ~ N(mu_j, sigma^2 I) from the cache: [n, d]
+        in the dtype of log_var (the module's, whatever the cache's storage dtype)."""
         check_count(n, "n")
         self.cache.check_complete()
         with torch.no_grad():
             which = torch.randint(self.num_items, (n,), device=self.exemplars.device)
-            means = self.cache.rows(which)
+            means = self.cache.rows(which).to(self.log_var.dtype)
             return means + torch.exp(0.5 * self.log_var) * torch.randn_like(means)
 
     def sample_near(self, mu: Tensor, log_var: Tensor, n: int) -> Tensor:
@@ -213,3 +253,25 @@ class ExemplarPrior(Prior):
                 f"num_exemplars={self.num_exemplars}, k={self.k}, leave_one_out={self.leave_one_out}, "
                 f"backend={self.backend!r}")
 
+
+def _check_cache_dtype(dtype: object) -> None:
+    """TypeError / ValueError naming cache_dtype unless it is a latent cache storage dtype."""
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"cache_dtype: expected a torch.dtype, got {type(dtype).__name__}")
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache_dtype: expected one of {', '.join(map(str, CACHE_DTYPES))}, got {dtype}")
+
+
+def _check_init_log_var(value: object) -> float:
+    """value as a float if it is a finite real number (a Python, NumPy or 0-dim torch
+    scalar), else TypeError / ValueError naming init_log_var (a NaN would only fail in the
+    first training step's mixture)."""
+    try:
+        if isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"init_log_var: expected a real number, got {type(value).__name__}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"init_log_var: expected a finite number, got {number}")
+    return number
