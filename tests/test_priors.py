@@ -47,6 +47,15 @@ def test_standard_prior_matches_formula():
     assert prior.sample(5).shape == (5, d)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_baseline_priors_sample_in_the_module_dtype(dtype):
+    """After model.double() / .bfloat16() the samples match the decoder's dtype."""
+    encoder = LinearEncoder().to(dtype)
+    priors = [StandardPrior(d), MoGPrior(d, 4), VampPrior(d, D, 4)]
+    for prior in priors:
+        assert prior.to(dtype).sample(3, encoder=encoder).dtype == dtype, type(prior).__name__
+
+
 def test_mog_prior_matches_formula_and_subsamples():
     prior = MoGPrior(d, num_components=6)
     with torch.no_grad():

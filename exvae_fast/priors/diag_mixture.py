@@ -58,10 +58,12 @@ class ComponentSubsampling:
 
 def sample_diag_mixture(prior: Prior, means: Tensor, log_vars: Tensor, n: int,
                         logits: Tensor | None = None) -> Tensor:
-    """n draws [n, d] from a mixture of diagonal Gaussians (uniform weights when logits is None)."""
+    """n draws [n, d] from a mixture of diagonal Gaussians (uniform weights when logits is
+    None), in the dtype of means."""
     check_count(n, "n")
     if logits is None:
         which = torch.randint(means.shape[0], (n,), device=means.device)
     else:
-        which = torch.multinomial(torch.softmax(logits, 0), n, replacement=True)
-    return means[which] + torch.exp(0.5 * log_vars[which]) * torch.randn(n, prior.latent_dim, device=means.device)
+        which = torch.multinomial(torch.softmax(logits.float(), 0), n, replacement=True)
+    noise = torch.randn(n, prior.latent_dim, device=means.device, dtype=means.dtype)
+    return means[which] + torch.exp(0.5 * log_vars[which]) * noise

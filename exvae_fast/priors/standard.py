@@ -14,7 +14,7 @@ class StandardPrior(Prior):
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = check_count(latent_dim, "latent_dim")
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # tracks device
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # tracks device and dtype
 
     def log_prob(self, z: Tensor, *, encoder: Encoder | None = None,
                  query: Tensor | None = None, indices: Tensor | None = None) -> Tensor:
@@ -22,5 +22,6 @@ class StandardPrior(Prior):
         return log_normal_standard(z)
 
     def sample(self, n: int, *, encoder: Encoder | None = None) -> Tensor:
+        """z ~ N(0, I): [n, d] in the module's dtype (that of `model.double()` etc.)."""
         check_count(n, "n")
-        return torch.randn(n, self.latent_dim, device=self._anchor.device)
+        return torch.randn(n, self.latent_dim, device=self._anchor.device, dtype=self._anchor.dtype)
