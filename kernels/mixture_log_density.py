@@ -320,8 +320,10 @@ def mixture_backward_op(grad_out: Tensor, z: Tensor, means: Tensor, log_var: Ten
 def _(grad_out, z, means, log_var, exclude, log_weights, lse2, norm2, delta, msq, need_z,
       need_means, need_weights):
     need_weights = need_weights and log_weights is not None
-    return (torch.empty_like(z) if need_z else z.new_empty(0),
-            torch.empty_like(means) if need_means else means.new_empty(0),
+    # contiguous, as the launcher's (it makes z and means contiguous first): empty_like
+    # would copy the strides of a transposed z or means
+    return (z.new_empty(z.shape) if need_z else z.new_empty(0),
+            means.new_empty(means.shape) if need_means else means.new_empty(0),
             torch.empty_like(log_var),
             torch.empty_like(log_weights) if need_weights else grad_out.new_empty(0))
 

@@ -47,11 +47,13 @@ class DeviceChecks:
         if x.numel() == 0:
             return
         low = -1 if allow_none else 0
-        allowed = f"[0, {size})" + (" or -1 for none" if allow_none else "")
 
         def message(v: list[int]) -> str | None:
             lo, hi = v
             if lo < low or hi >= size:
+                # formatted here, on failure only: under torch.compile, formatting a
+                # symbolic size would specialise it (a recompile for every new size)
+                allowed = f"[0, {size})" + (" or -1 for none" if allow_none else "")
                 return f"{name}: indices must lie in {allowed}, got values in [{lo}, {hi}]"
             return None
 

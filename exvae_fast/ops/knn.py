@@ -28,6 +28,7 @@ computed, a logit error of at most bound / (2 sigma^2). Float64 inputs get the s
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,17 @@ def sq_dists(x: Centred, y: Centred) -> Tensor:
     (error bound in the module docstring)."""
     cross = torch.addmm(y.norms[None, :], x.points, y.points.T, alpha=-2)
     return cross.add_(x.norms[:, None]).clamp_min_(0)
+
+
+def block_starts(size: int, step: int) -> Iterator[int]:
+    """0, step, 2 step, ... below size, as range(0, size, step). Under torch.compile a
+    symbolic size stays symbolic (range() would specialise it, recompiling for every new
+    number of components, keys or candidates; retrieval's changes every step): it is only
+    compared with multiples of step, which guards on its number of blocks."""
+    start = 0
+    while start < size:
+        yield start
+        start += step
 
 
 def leave_out_(block: Tensor, columns: Tensor, start: int, value: float) -> Tensor:
@@ -132,7 +144,7 @@ def _knn_search_torch(queries: Tensor, keys: Tensor, k: int, candidates: Tensor 
     centre = centre_of(queries)
     q = Centred.of(queries, centre)
     shortlist = torch.empty((batch, 0), dtype=torch.int64, device=device)
-    for start in range(0, size, step):
+    for start in block_starts(size, step):
         stop = min(start + step, size)
         block = keys[start:stop] if pool is None else keys[pool[start:stop]]
         dists = sq_dists(q, Centred.of(block, centre)).to(torch.float32)

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from .dispatch import implementation, register
-from .knn import Centred, centre_of, leave_out_, sq_dists
+from .knn import Centred, block_starts, centre_of, leave_out_, sq_dists
 from .validation import validate_mixture
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -58,7 +58,8 @@ def mixture_log_density(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tens
 class _Block:
     """One block of components [start, stop) against all B rows, in float64."""
 
-    rows: slice
+    start: int  # a (symbolic) int pair, not a slice: torch.compile would specialise a slice's
+    stop: int  # bounds, recompiling for every N
     means: Centred  # [c, d]: mu_j - centre
     sq_dist: Tensor  # [B, c]: ||z_b - mu_j||^2
     logits: Tensor  # [B, c]: log w_j - ||z_b - mu_j||^2 / (2 sigma^2), -inf where j is left
@@ -73,7 +74,7 @@ def _blocks(z: Centred, means: Tensor, centre: Tensor, log_var: Tensor, exclude:
     size = means.shape[0]
     step = max(1, ELEMENT_BUDGET // max(batch, 1))
     half_precision = 0.5 * _precision(log_var)
-    for start in range(0, size, step):
+    for start in block_starts(size, step):
         stop = min(start + step, size)
         block = Centred.of(means[start:stop], centre)
         sq_dist = sq_dists(z, block)
@@ -86,7 +87,7 @@ def _blocks(z: Centred, means: Tensor, centre: Tensor, log_var: Tensor, exclude:
             leave_out_(logits, exclude, start, float("-inf"))
             if weights is not None:
                 weights = leave_out_(weights.clone(), exclude, start, float("-inf"))
-        yield _Block(slice(start, stop), block, sq_dist, logits, weights)
+        yield _Block(start, stop, block, sq_dist, logits, weights)
 
 
 def _precision(log_var: Tensor) -> Tensor:
@@ -158,12 +159,12 @@ class _MixtureLogDensity(torch.autograd.Function):
                 weighted_p = (weighted_z.T @ p).T  # [c, d + 1]; faster than p.T @ weighted_z
             if need_means:  # sum_b g_b p_bj (z_b - mu_j) / sigma^2
                 pull = weighted_p[:, :dim] - weighted_p[:, dim:] * mu
-                grad_means[block.rows] = (pull * precision).to(means.dtype)
+                grad_means[block.start:block.stop] = (pull * precision).to(means.dtype)
             if need_log_var:
                 sq_dist_per_row += torch.linalg.vecdot(p, block.sq_dist)
             if need_weights:  # sum_b g_b (p_bj - wtilde_bj), wtilde: row b's normalised weights
                 wtilde = torch.exp(block.log_weights - norm[:, None])
-                grad_weights[block.rows] = (weighted_p[:, dim] - g @ wtilde).to(log_weights.dtype)
+                grad_weights[block.start:block.stop] = (weighted_p[:, dim] - g @ wtilde).to(log_weights.dtype)
         grad_z = None
         if need_z:  # g_b sum_j p_bj (mu_j - z_b) / sigma^2
             pull = pulled[:, :dim] - pulled[:, dim:] * zc.points
