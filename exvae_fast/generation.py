@@ -114,34 +114,74 @@ def _check_labels(labels: Tensor, count: int) -> None:
         raise TypeError(f"labels: expected an integer dtype, got {labels.dtype}")
 
 
-def save_augmented(path: str | os.PathLike, images: Tensor, labels: Tensor | None) -> None:
-    """Write images [M, D] in [0, 1] and labels [M] (or None) to an .npz file.
+# the `array` reader's channel counts: grey or RGB
+_CHANNELS = (1, 3)
 
-    Stored as "images" uint8 (round(255 x)) and "labels" int64 (absent for None). The
-    file is written to a temporary name in the same folder and moved into place with
-    os.replace, so a crash never leaves a truncated file at `path`.
+
+def _check_input_shape(input_shape: tuple[int, int, int], dim: int) -> tuple[int, int, int]:
+    """(C, H, W) as ints, or ValueError: three positive sizes, C in _CHANNELS, C*H*W = dim."""
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else ()
+    if len(shape) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+        raise ValueError(f"input_shape: expected three positive integers (C, H, W), got {input_shape!r}")
+    if shape[0] not in _CHANNELS:
+        raise ValueError(f"input_shape: expected C in {_CHANNELS} (grey or colour), got {shape}")
+    if shape[0] * shape[1] * shape[2] != dim:
+        raise ValueError(f"input_shape: {shape} holds {shape[0] * shape[1] * shape[2]} values per image; "
+                         f"the images have D = {dim}")
+    return shape
+
+
+def save_augmented(path: str | os.PathLike, images: Tensor, labels: Tensor | None,
+                   input_shape: tuple[int, int, int]) -> None:
+    """Write images [M, D] in [0, 1] (D = C*H*W, channel-major) and labels [M] (or None)
+    as an `array` data set file (`exvae_fast.data.arrays`), trainable as it is.
+
+    input_shape: (C, H, W), C = 1 or 3, e.g. `model.input_shape`. Stored as "train" uint8
+    (round(255 x)) shaped [M, H, W] for grey images and [M, C, H, W] for colour ones --
+    channels first, since the reader takes a second axis of 1 or 3 for channels, which
+    [M, H, W, C] with H = 1 or 3 would break -- and "train_labels" int64 >= 0 (absent for
+    None). The file is written to a temporary name in the same folder and moved into place
+    with os.replace, so a crash never leaves a truncated file at `path`.
     """
     if not isinstance(images, Tensor) or images.dim() != 2 or not images.is_floating_point():
         raise ValueError("images: expected a floating tensor of shape [M, D]")
-    if images.numel() and not (torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+    if images.shape[0] < 1:
+        raise ValueError("images: expected at least one image (the array reader refuses an empty train split)")
+    channels, height, width = _check_input_shape(input_shape, images.shape[1])
+    if not (torch.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
         raise ValueError("images: expected finite values in [0, 1]")
-    arrays = {"images": (images.detach().cpu().double() * 255).round().to(torch.uint8).numpy()}
+    layout = (height, width) if channels == 1 else (channels, height, width)
+    pixels = (images.detach().cpu().double() * 255).round().to(torch.uint8)
+    arrays = {"train": pixels.reshape(images.shape[0], *layout).numpy()}
     if labels is not None:
         _check_labels(labels, images.shape[0])
-        arrays["labels"] = labels.detach().cpu().long().numpy()
+        if labels.min() < 0:  # the reader takes class labels >= 0 only
+            raise ValueError(f"labels: expected class labels >= 0, got {int(labels.min())}")
+        arrays["train_labels"] = labels.detach().cpu().long().numpy()
     atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load_augmented(path: str | os.PathLike) -> tuple[Tensor, Tensor | None]:
-    """Read a `save_augmented` file -> (images [M, D] float32 in [0, 1], labels [M] int64 or None)."""
+    """Read a `save_augmented` file -> (images [M, D] float32 in [0, 1], labels [M] int64 or None).
+
+    Takes the current layout ("train" uint8 [M, H, W] or [M, C, H, W], "train_labels") and
+    that of earlier versions ("images" uint8 [M, D], "labels"). To read the file as a data
+    set, with its image shape and splits, use `load_dataset("array", path)` instead.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no augmented data set at {path}")
-    with np.load(path) as archive:
-        if "images" not in archive.files or archive["images"].dtype != np.uint8 or archive["images"].ndim != 2:
-            raise ValueError(f"{path}: expected a uint8 'images' array of shape [M, D]")
-        images = torch.from_numpy(archive["images"].astype(np.float32) / 255.0)
-        labels = torch.from_numpy(archive["labels"].astype(np.int64)) if "labels" in archive.files else None
+    with np.load(path, allow_pickle=False) as archive:
+        if "train" in archive.files:
+            key, label_key, ranks = "train", "train_labels", (3, 4)
+        else:
+            key, label_key, ranks = "images", "labels", (2,)
+        pixels = archive[key] if key in archive.files else None
+        if pixels is None or pixels.dtype != np.uint8 or pixels.ndim not in ranks:
+            raise ValueError(f"{path}: expected a uint8 'train' array of shape [M, H, W] or [M, C, H, W] "
+                             "(or an older file's 'images' [M, D])")
+        images = torch.from_numpy(pixels.reshape(pixels.shape[0], -1).astype(np.float32) / 255.0)
+        labels = torch.from_numpy(archive[label_key].astype(np.int64)) if label_key in archive.files else None
     if labels is not None and labels.shape != (images.shape[0],):
-        raise ValueError(f"{path}: 'labels' has shape {list(labels.shape)}; expected [{images.shape[0]}]")
+        raise ValueError(f"{path}: '{label_key}' has shape {list(labels.shape)}; expected [{images.shape[0]}]")
     return images, labels

@@ -170,16 +170,16 @@ def test_save_augmented_round_trip(tmp_path):
     x = images(10)
     labels = torch.arange(10) % 3
     path = tmp_path / "sub" / "aug.npz"
-    save_augmented(path, x, labels)
+    save_augmented(path, x, labels, (1, 3, 4))
     assert sorted(p.name for p in path.parent.iterdir()) == ["aug.npz"]  # no temporary left
-    with np.load(path) as archive:
-        assert archive["images"].dtype == np.uint8 and archive["images"].shape == (10, D)
-        assert archive["labels"].dtype == np.int64
-        np.testing.assert_array_equal(archive["images"], np.round(x.double().numpy() * 255))
+    with np.load(path) as archive:  # the `array` reader's keys and grey layout [M, H, W]
+        assert archive["train"].dtype == np.uint8 and archive["train"].shape == (10, 3, 4)
+        assert archive["train_labels"].dtype == np.int64
+        np.testing.assert_array_equal(archive["train"].reshape(10, D), np.round(x.double().numpy() * 255))
     back, back_labels = load_augmented(path)
     assert (back - x).abs().max() <= 0.5 / 255 + 1e-6
     assert torch.equal(back_labels, labels)
-    save_augmented(path, torch.tensor([[0.0] * D, [1.0] * D]), None)  # overwrites in place
+    save_augmented(path, torch.tensor([[0.0] * D, [1.0] * D]), None, (1, 3, 4))  # overwrites in place
     back, back_labels = load_augmented(path)
     assert back_labels is None and back[0].eq(0).all() and back[1].eq(1).all()
 
@@ -187,9 +187,9 @@ def test_save_augmented_round_trip(tmp_path):
 def test_save_augmented_rejects_bad_input_without_writing(tmp_path):
     path = tmp_path / "aug.npz"
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        save_augmented(path, images(2) * 2, None)
+        save_augmented(path, images(2) * 2, None, (1, 3, 4))
     with pytest.raises(ValueError, match="labels"):
-        save_augmented(path, images(2), torch.zeros(3, dtype=torch.long))
+        save_augmented(path, images(2), torch.zeros(3, dtype=torch.long), (1, 3, 4))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(FileNotFoundError, match="aug.npz"):
         load_augmented(path)
