@@ -5,7 +5,7 @@ paper's section H comparison (T4: ConvHVAE Omniglot VampPrior(1000) 58 s/epoch v
 Exemplar 51; ConvHVAE MNIST VampPrior(500) 82 vs Exemplar 107).
 
     python bench/epoch_time.py --quick                    # the quick sweep (GPU: < 5 min)
-    python bench/epoch_time.py --device cpu --quick --size-scale 0.02 --models vae
+    python bench/epoch_time.py --quick --device cpu --threads 1 --size-scale 0.02 --steps 2 --models vae --no-write
     python bench/epoch_time.py --data-root mnist=/data/mnist --epochs-fraction 1
 
 What one epoch includes: every training step of the epoch as `Trainer._train_epoch` runs
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import math
 import sys
@@ -246,14 +247,19 @@ def count_host_syncs(trainer, epoch: int, steps: int = SYNC_STEPS) -> dict[str, 
     return {"per_step": len(syncs) / steps, "steps": steps, "top_sites": sites.most_common(10)}
 
 
+def step_counts(rows: int, settings: dict[str, Any]) -> tuple[int, int]:
+    """(steps per epoch, timed steps per repeat) for a training set of `rows` rows."""
+    steps_per_epoch = math.ceil(rows / settings["batch_size"])
+    timed = settings["steps"] or max(settings["min_steps"], math.ceil(settings["epochs_fraction"] * steps_per_epoch))
+    return steps_per_epoch, min(timed, steps_per_epoch)
+
+
 def time_config(model_name: str, prior: str, dataset: str, data, settings: dict[str, Any],
                 device: torch.device) -> dict[str, Any]:
     """Warm up, then time `repeats` x (timed steps + one cache refresh) of one configuration."""
     from exvae_fast.train.loop import Trainer, refresh_exemplar_cache
 
-    steps_per_epoch = math.ceil(data.train.shape[0] / settings["batch_size"])
-    timed = settings["steps"] or max(settings["min_steps"], math.ceil(settings["epochs_fraction"] * steps_per_epoch))
-    timed = min(timed, steps_per_epoch)
+    steps_per_epoch, timed = step_counts(data.train.shape[0], settings)
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = make_config(model_name, prior, dataset, data, settings, device, out_dir)
         trainer = Trainer(cfg, data=data, progress=False)
@@ -311,8 +317,23 @@ def configurations(settings: dict[str, Any]) -> list[tuple[str, str, str]]:
     return [(m, p, d) for m in models for d in settings["datasets"] for p in priors]
 
 
-def run(settings: dict[str, Any], device: torch.device, out: Path | None, log=print) -> dict[str, Any]:
-    """Time every configuration; the results document is (re)written after each one."""
+SMOKE_FLAGS = "--device cpu --threads 1 --size-scale 0.02 --steps 2 --models vae --no-write"
+
+
+def cpu_hint(settings: dict[str, Any], device: torch.device) -> str | None:
+    """The line printed before a sweep at full data size on a CPU, where it takes long
+    (ConvHVAE on 50,000 rows comes first); None elsewhere."""
+    first, count = configurations(settings)[:1], len(configurations(settings))
+    if device.type != "cpu" or settings["size_scale"] < 1 or not first:
+        return None
+    return (f"note: a sweep at full data size takes long on a CPU ({count} configurations, {MODELS[first[0][0]]} "
+            f"on {DATASETS[first[0][2]].size:,} rows first, minutes or more each); for a smoke run use: {SMOKE_FLAGS}")
+
+
+def run(settings: dict[str, Any], device: torch.device, out: Path | None,
+        log=functools.partial(print, flush=True)) -> dict[str, Any]:  # flushed: progress through a pipe
+    """Time every configuration, logging a line as each starts and as it ends; the results
+    document is (re)written after each one."""
     info = common.device_info(device)
     settings = dict(settings, device=str(device), matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
                     cudnn_tf32=torch.backends.cudnn.allow_tf32,
@@ -323,6 +344,8 @@ def run(settings: dict[str, Any], device: torch.device, out: Path | None, log=pr
     last_cost: dict[str, float] = {}
     data_cache: dict[str, Any] = {}
     budget = settings.get("time_budget_s")
+    if hint := cpu_hint(settings, device):
+        log(hint)
     for model_name, prior, dataset in configurations(settings):
         labels = {"model": model_name, "model_label": MODELS[model_name], "prior": prior,
                   "prior_label": PRIORS[prior].label, "dataset": dataset, "dataset_label": DATASETS[dataset].label}
@@ -335,6 +358,12 @@ def run(settings: dict[str, Any], device: torch.device, out: Path | None, log=pr
         if dataset not in data_cache:
             data_cache[dataset] = load_data(dataset, settings)
         data = data_cache[dataset]
+        name = f"{MODELS[model_name]} {DATASETS[dataset].label} {PRIORS[prior].label}"
+        steps_per_epoch, timed = step_counts(data.train.shape[0], settings)
+        repeats = settings["repeats"]
+        log(f"start {name}: data {' x '.join(map(str, data.train.shape))}, {timed} timed step"
+            f"{'s' if timed > 1 else ''} x {repeats} repeat{'s' if repeats > 1 else ''} of {steps_per_epoch} "
+            f"steps per epoch (+{settings['warmup_steps']} warm-up)")
         t0 = time.perf_counter()
         try:
             record = {**labels, "data_shape": list(data.train.shape),
@@ -355,12 +384,11 @@ def run(settings: dict[str, Any], device: torch.device, out: Path | None, log=pr
         if out is not None:
             common.write_json(doc, out)
         if record["status"] == "ok":
-            log(f"{MODELS[model_name]:>8} {DATASETS[dataset].label:<16} {PRIORS[prior].label:<38} "
-                f"{record['s_per_epoch']['median']:9.3f} s/epoch"
+            log(f"done  {name}: {record['s_per_epoch']['median']:.3f} s/epoch"
                 f"{' (extrapolated from %d of %d steps)' % (record['timed_steps'], record['steps_per_epoch']) if record['extrapolated'] else ''}"
                 f"  [{last_cost[prior]:.1f} s wall]")
         else:
-            log(f"{MODELS[model_name]:>8} {DATASETS[dataset].label:<16} {PRIORS[prior].label:<38} {record['status']}")
+            log(f"done  {name}: {record['status']}  [{last_cost[prior]:.1f} s wall]")
     return doc
 
 

@@ -5,7 +5,8 @@
     python bench/plot.py --files a.json b.json --out-dir /tmp/plots
 
 For each device folder bench/results/<slug>/, the latest "epoch_time" and the latest "ops"
-document (by their "created" time) give epoch_time.png (s/epoch bars, one group per model,
+document (by their "created" time, passing over a newer one that covers less, such as a smoke
+run: `latest_by_device`) give epoch_time.png (s/epoch bars, one group per model,
 one bar per prior, one panel per data set, whiskers from the fastest to the slowest repeat)
 and ops_<op>.png (median time per call against N, log-log, one line per provider, one panel
 per mode/variant); the latest "prior_study" and "augment_study" documents (prior_study.py,
@@ -16,6 +17,7 @@ the same documents' tables: nothing there is typed by hand.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,14 +90,47 @@ def find_documents(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
-def latest_by_device(docs: list[tuple[Path, dict[str, Any]]]) -> dict[str, dict[str, tuple[Path, dict]]]:
-    """{device slug: {kind: (path, document)}} keeping the newest document of each kind."""
-    out: dict[str, dict[str, tuple[Path, dict]]] = {}
+def coverage(doc: dict[str, Any]) -> tuple[frozenset[str], float]:
+    """What a document set out to measure: (the cases it lists, measured, failed or skipped;
+    the problem scale). A subset of --models/--priors/--datasets or a -k / --files selection
+    lists fewer cases; the scale is epoch_time's --size-scale and the ops' largest N (a case
+    above it is listed as skipped). Other kinds: no cases, scale 1, so the newest wins."""
+    settings = doc.get("settings") or {}
+    if doc["kind"] == "epoch_time":
+        cases = {f"{r.get('model')}/{r.get('prior')}/{r.get('dataset')}" for r in doc["results"]}
+        return frozenset(cases), float(settings.get("size_scale") or 1.0)
+    if doc["kind"] == "ops":
+        cases = {r.get("name") or repr((r.get("op"), r.get("provider"), r.get("mode"), sorted(r["params"].items())))
+                 for r in doc["results"]} | {s["case"] for s in doc.get("skipped", [])}
+        max_n = settings.get("max_n")
+        return frozenset(cases), math.inf if max_n is None else float(max_n)
+    return frozenset(), 1.0
+
+
+def covers_less(a: tuple[frozenset[str], float], b: tuple[frozenset[str], float]) -> bool:
+    """Coverage a is below b: a's cases are among b's, at no larger scale, and a != b."""
+    return a[0] <= b[0] and a[1] <= b[1] and a != b
+
+
+def latest_by_device(docs: list[tuple[Path, dict[str, Any]]], passed_over: list[str] | None = None
+                     ) -> dict[str, dict[str, tuple[Path, dict]]]:
+    """{device slug: {kind: (path, document)}}: of each device's documents of a kind, the
+    newest that covers no less than any other (`coverage`), so that a smoke run (one model,
+    smaller sets, a -k selection) never replaces a measured sweep; a document alone is shown
+    whatever it covers. Newer documents so passed over are described in `passed_over`."""
+    groups: dict[tuple[str, str], list[tuple[Path, dict, tuple]]] = {}
     for path, doc in docs:
-        slot = out.setdefault(doc["device"]["slug"], {})
-        current = slot.get(doc["kind"])
-        if current is None or (doc["created"], path.name) > (current[1]["created"], current[0].name):
-            slot[doc["kind"]] = (path, doc)
+        groups.setdefault((doc["device"]["slug"], doc["kind"]), []).append((path, doc, coverage(doc)))
+    out: dict[str, dict[str, tuple[Path, dict]]] = {}
+    for (slug, kind), group in groups.items():
+        group.sort(key=lambda item: (item[1]["created"], item[0].name), reverse=True)
+        full = [item for item in group if not any(covers_less(item[2], other[2]) for other in group)]
+        path, doc, _ = full[0]
+        out.setdefault(slug, {})[kind] = (path, doc)
+        if passed_over is not None:
+            passed_over.extend(f"{slug} {kind}: showing {path.name}; the newer {newer.name} covers less "
+                               "(fewer cases or a smaller size scale / largest N: a smoke run)"
+                               for newer, _, _ in group[:group.index(full[0])])
     return out
 
 
@@ -326,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     docs = [(f, common.load_document(f)) for f in args.files] if args.files else find_documents(args.results)
     if args.device:
         docs = [(f, d) for f, d in docs if d["device"]["slug"] == args.device]
-    latest = latest_by_device(docs)
+    passed_over: list[str] = []
+    latest = latest_by_device(docs, passed_over)
+    for line in passed_over:
+        print(f"plot: {line}", file=sys.stderr)
     pictures = {} if args.no_png else draw(latest, args.out_dir)
     for slug, names in pictures.items():
         for path in names.values():

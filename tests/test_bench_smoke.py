@@ -51,6 +51,18 @@ def test_epoch_time_runs_on_cpu_and_writes_a_results_document(tmp_path, capsys):
     assert by_prior["standard"]["backends"] is None
     printed = capsys.readouterr().out
     assert "extrapolated" in printed and "| VAE | Omniglot-shaped | Standard |" in printed
+    # one line as each configuration starts and one as it ends, in run order
+    start = printed.index("start VAE Omniglot-shaped VampPrior(500): data 230 x 784, 1 timed step x 2 repeats")
+    assert start < printed.index("s/epoch", start) < printed.index("start VAE Omniglot-shaped Exemplar exact")
+    assert "takes long on a CPU" not in printed  # a --size-scale run is no full sweep
+
+
+def test_epoch_time_on_cpu_without_size_scale_suggests_the_smoke_flags(capsys):
+    # a spent time budget skips every configuration: only what is printed before them is looked at
+    assert cli.main(["bench", "epoch", "--device", "cpu", "--threads", "1", "--models", "vae",
+                     "--priors", "standard", "--time-budget", "0", "--no-write"]) == 1
+    hint = next(line for line in capsys.readouterr().out.splitlines() if "takes long on a CPU" in line)
+    assert "--size-scale 0.02 --steps 2 --models vae" in hint
 
 
 def test_epoch_time_rejects_bad_settings(capsys):
@@ -273,3 +285,50 @@ def test_prior_study_documents_merge_into_one_table(common, tmp_path, capsys):
     common.write_json(other, tmp_path / "other.json")
     assert cli.main(["bench", "priors", "--merge", str(first), str(tmp_path / "other.json"), "--out", str(out)]) == 2
     assert "differ in epochs" in capsys.readouterr().err
+
+
+def test_a_smoke_run_does_not_replace_the_measured_tables(common, tmp_path, capsys):
+    """The README's CPU smoke run (one model, smaller sets) and a `-k` op selection are newer than
+    the measured documents but cover less: plot.py keeps the measured ones, while a newer run
+    covering as much replaces them, and a smoke run alone is still shown."""
+    device = _device(common)
+    plot = load_script("plot")
+
+    def epoch(name, created, models, size_scale):
+        results = [{"model": m, "model_label": m.upper(), "prior": "vamp500", "prior_label": "VampPrior(500)",
+                    "dataset": "mnist", "dataset_label": "MNIST-shaped", "status": "ok", "timed_steps": 2,
+                    "steps_per_epoch": 10, "extrapolated": True, "s_per_epoch": common.summarize([1.0])}
+                   for m in models]
+        doc = common.result_document("epoch_time", device, {"preset": "quick", "models": models,
+                                                            "size_scale": size_scale, "steps": 2}, results)
+        doc["created"] = created
+        return common.write_json(doc, tmp_path / "results" / device["slug"] / name)
+
+    def ops(name, created, providers, max_n):
+        doc = common.convert_benchmark_json(_raw_benchmark(device))
+        doc["results"] = [r for r in doc["results"] if r["provider"] in providers]
+        doc["skipped"], doc["created"], doc["settings"]["max_n"] = [], created, max_n
+        return common.write_json(doc, tmp_path / "results" / device["slug"] / name)
+
+    epoch("measured.json", "2026-01-01T00:00:00Z", ["vae", "hvae", "convhvae"], 0.02)
+    smoke = epoch("smoke.json", "2026-02-01T00:00:00Z", ["vae"], 0.02)
+    epoch("tinier.json", "2026-03-01T00:00:00Z", ["vae", "hvae", "convhvae"], 0.01)
+    ops("ops-measured.json", "2026-01-01T00:00:00Z", ("torch", "triton"), 25_000)
+    ops("ops-k.json", "2026-02-01T00:00:00Z", ("torch",), 25_000)
+    ops("ops-small-n.json", "2026-03-01T00:00:00Z", ("torch", "triton"), 1_000)
+    readme = tmp_path / "README.md"
+
+    def shown():
+        assert cli.main(["bench", "plot", "--results", str(tmp_path / "results"), "--no-png",
+                         "--markdown", str(readme)]) == 0
+        text = readme.read_text()
+        return ([name for name in ("measured", "smoke", "tinier", "rerun") if f"/{name}.json`" in text],
+                [name for name in ("ops-measured", "ops-k", "ops-small-n", "ops-rerun") if f"/{name}.json`" in text])
+
+    assert shown() == (["measured"], ["ops-measured"])
+    assert "covers less" in capsys.readouterr().err  # says which newer documents it passed over
+    epoch("rerun.json", "2026-04-01T00:00:00Z", ["convhvae", "hvae", "vae"], 0.02)
+    ops("ops-rerun.json", "2026-04-01T00:00:00Z", ("triton", "torch"), 25_000)
+    assert shown() == (["rerun"], ["ops-rerun"])
+    latest = plot.latest_by_device([(smoke, common.load_document(smoke))])  # nothing covers more
+    assert latest[device["slug"]]["epoch_time"][0] == smoke
