@@ -9,7 +9,20 @@ repetitions of one experiment: their metrics are averaged
 named as in the paper ("VAE w/ VampPrior (500)", "Exemplar ConvHVAE (retrieval, k=10)"),
 one column per data set, one table per metric. When two experiments on one data set would
 get the same row name, the settings in which they differ are added to it, so nothing is
-averaged across different settings. Renderings: Markdown (`markdown_report`), LaTeX
+averaged across different settings.
+
+The evaluated split, checkpoint and importance-sample count are settings of an experiment.
+When the experiments of a report were not all evaluated alike, every row names the
+evaluation settings that differ ("VAE w/ VampPrior (500) (50 IS)", "(val split)") and the
+notes name those common to all; a column holds no bold best when its rows were evaluated
+differently in a way that changes the metric (split or checkpoint for every metric, and
+the importance-sample count for the log-likelihood and bits/dim, not for the ELBO).
+
+A run whose metrics.json evaluates an earlier best checkpoint than the one the run now
+holds (trained further with `--no-eval`) is stale: it is left out of the tables and listed
+in the notes. The best checkpoint's epoch is read from metrics.jsonl, as the training loop
+chose it (the last epoch whose validation ELBO beat all earlier ones); a run without
+metrics.jsonl is taken as evaluated. Renderings: Markdown (`markdown_report`), LaTeX
 (`latex_report`), long records for CSV / JSON (`long_records`, `csv_text`) and a chart of
 one metric (`metric_chart`).
 """
@@ -37,6 +50,8 @@ seed) are repetitions of one experiment."""
 
 EVALUATION_KEYS = ("split", "checkpoint", "iw_samples")
 """metrics.json fields that are part of an experiment's identity (`eval.<key>` in the tables)."""
+EVALUATION_NAMES = {"split": "{} split", "checkpoint": "{} checkpoint", "iw_samples": "{} IS"}
+"""How a row names an evaluation setting ("50 IS": 50 importance samples per point)."""
 
 MODEL_NAMES = {"vae": "VAE", "hvae": "HVAE", "convhvae": "ConvHVAE", "pixelhvae": "PixelHVAE",
                "celeba": "CelebAVAE"}
@@ -51,6 +66,8 @@ class Metric:
     higher_is_better: bool
     scale: float = 1.0
     digits: int = 2
+    evaluation: tuple[str, ...] = ("split", "checkpoint")
+    """The EVALUATION_KEYS that change the metric: a column mixing them has no best."""
 
     def read(self, metrics: dict[str, Any]) -> float | None:
         value: Any = metrics
@@ -62,8 +79,8 @@ class Metric:
 
 
 METRICS = (
-    Metric("log_likelihood", "Test log-likelihood (nats, importance-weighted)", True),
-    Metric("bits_per_dim", "Bits per dimension", False, digits=4),
+    Metric("log_likelihood", "Test log-likelihood (nats, importance-weighted)", True, evaluation=EVALUATION_KEYS),
+    Metric("bits_per_dim", "Bits per dimension", False, digits=4, evaluation=EVALUATION_KEYS),
     Metric("elbo", "Test ELBO (nats)", True),
     Metric("kl", "KL term of the ELBO (nats)", False),
     Metric("neg_recon", "Negative reconstruction term of the ELBO (nats)", False),
@@ -76,11 +93,13 @@ METRIC_KEYS = tuple(m.key for m in METRICS)
 
 @dataclass
 class Run:
-    """One run folder: its flattened config and its metrics (None until evaluated)."""
+    """One run folder: its flattened config and its metrics (None until evaluated, and when
+    stale: then `stale` says why, e.g. "evaluated at epoch 1, best checkpoint is epoch 2")."""
 
     path: Path
     config: dict[str, Any]
     metrics: dict[str, Any] | None
+    stale: str | None = None
 
 
 @dataclass
@@ -129,7 +148,28 @@ def _read_run(folder: Path) -> Run:
             raise ValueError(f"runs: cannot read {files.final_metrics}: {e}") from e
         if not isinstance(metrics, dict):
             raise ValueError(f"runs: {files.final_metrics} does not hold a JSON object")
+        best, evaluated = _best_epoch(files.metrics_log), metrics.get("epoch")
+        if metrics.get("checkpoint") == "best" and None not in (best, evaluated) and best != evaluated:
+            return Run(folder, config, None, f"evaluated at epoch {evaluated}, best checkpoint is epoch {best}")
     return Run(folder, config, metrics)
+
+
+def _best_epoch(log: Path) -> int | None:
+    """The epoch of checkpoint_best.pt as metrics.jsonl records it (train.loop saves it when
+    the validation ELBO beats every earlier epoch's); None without a log or a validated epoch.
+    A line torn by a crash is skipped (a resume drops it too)."""
+    if not log.is_file():
+        return None
+    best, best_elbo = None, -math.inf
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        elbo = record.get("val_elbo") if isinstance(record, dict) else None
+        if isinstance(elbo, (int, float)) and elbo > best_elbo:
+            best, best_elbo = record.get("epoch"), elbo
+    return best
 
 
 def group_experiments(runs: Sequence[Run]) -> list[Experiment]:
@@ -168,12 +208,24 @@ def row_name(settings: dict[str, Any]) -> str:
     return f"{model} w/ {kind} ({settings['prior.num_components']}{sub})"
 
 
+def _varying_evaluation(experiments: Sequence[Experiment]) -> list[str]:
+    """The EVALUATION_KEYS in which some of `experiments` differ."""
+    return [k for k in EVALUATION_KEYS if len({json.dumps(e.settings[f"eval.{k}"]) for e in experiments}) > 1]
+
+
+def _evaluation_text(settings: dict[str, Any], keys: Sequence[str]) -> str:
+    """e.g. "test split, 50 IS" for keys ("split", "iw_samples")."""
+    return ", ".join(EVALUATION_NAMES[k].format(settings[f"eval.{k}"]) for k in keys)
+
+
 def _label(experiments: list[Experiment]) -> None:
-    """Set each experiment's row label: its row name, plus the settings that tell it apart
-    from the other experiments with that name on the same data set."""
+    """Set each experiment's row label: its row name and, when the experiments were not all
+    evaluated alike, its evaluation settings that differ ("(50 IS)"), plus the settings that
+    tell it apart from the other experiments with that label on the same data set."""
     by_cell: dict[tuple[str, str], list[Experiment]] = {}
+    varying = _varying_evaluation(experiments)
     for e in experiments:
-        e.label = row_name(e.settings)
+        e.label = row_name(e.settings) + (f" ({_evaluation_text(e.settings, varying)})" if varying else "")
         by_cell.setdefault((e.dataset, e.label), []).append(e)
     for clash in by_cell.values():
         if len(clash) < 2:
@@ -215,14 +267,18 @@ class Cell:
 
 def metric_cells(experiments: Sequence[Experiment], metric: Metric) -> tuple[list[str], list[tuple[str, list]]]:
     """(data sets, rows (label, [Cell or None per data set])) of one metric; the best finite
-    mean of a column with more than one experiment is marked; ([], []) when nothing measured it."""
+    mean of a column with more than one experiment, all evaluated alike as far as the metric
+    depends on it (`Metric.evaluation`), is marked; ([], []) when nothing measured it."""
     measured = [e for e in experiments if e.values(metric)]
     datasets = _dataset_order(measured)
     labels = list(dict.fromkeys(e.label for e in sorted(measured, key=_row_order)))
     cells = {(e.label, e.dataset): e.values(metric) for e in measured}
     best = {}
     for d in datasets:
-        means = [mean_std(v)[0] for (_, ds), v in cells.items() if ds == d]
+        column = [e for e in measured if e.dataset == d]
+        if set(_varying_evaluation(column)) & set(metric.evaluation):
+            continue  # e.g. log-likelihoods with 50 and 1000 importance samples: not comparable
+        means = [mean_std(e.values(metric))[0] for e in column]
         means = [m for m in means if math.isfinite(m)]  # a diverged run's NaN is shown, never best
         if len(means) > 1:  # nothing to compare in a column with one experiment
             best[d] = (max if metric.higher_is_better else min)(means)
@@ -361,18 +417,29 @@ def _chosen(metrics: Sequence[str]) -> list[Metric]:
 
 
 def _notes(runs: Sequence[Run], experiments: Sequence[Experiment]) -> list[str]:
-    """What the cells are, how each experiment was evaluated and which runs are not evaluated."""
-    evaluations = sorted({(str(s["eval.split"]), str(s["eval.checkpoint"]), str(s["eval.iw_samples"]))
-                          for s in (e.settings for e in experiments)})
+    """What the cells are, how the experiments were evaluated and which runs are not evaluated
+    (no metrics.json, or a stale one)."""
+    varying = _varying_evaluation(experiments)
     notes = [f"{len(runs)} run folder(s), {sum(len(e.runs) for e in experiments)} evaluated, in "
              f"{len(experiments)} experiment(s); cells: mean ± sample standard deviation (runs) over "
              "the runs of an experiment (same settings, other seeds), a cell without ± holds a single run; "
              "best mean of each column in bold."]
-    notes += [f"Evaluated on the {split} split, {ckpt} checkpoint, {iw} importance samples per point."
-              for split, ckpt, iw in evaluations]
-    pending = [str(r.path) for r in runs if r.metrics is None]
+    if experiments and not varying:
+        s = experiments[0].settings
+        notes.append(f"Evaluated on the {s['eval.split']} split, {s['eval.checkpoint']} checkpoint, "
+                     f"{s['eval.iw_samples']} importance samples per point.")
+    elif varying:
+        common = _evaluation_text(experiments[0].settings, [k for k in EVALUATION_KEYS if k not in varying])
+        notes.append('Rows were evaluated differently: each names its evaluation in parentheses ("N IS": N '
+                     "importance samples per point)" + (f"; all rows: {common}" if common else "") + ". A column "
+                     "whose rows differ in a setting that changes its metric (split or checkpoint; importance "
+                     "samples for log-likelihood and bits/dim, not the ELBO) has no bold best.")
+    pending = [str(r.path) for r in runs if r.metrics is None and r.stale is None]
     if pending:
         notes.append("Not evaluated yet (no metrics.json; run `exvae evaluate`): " + ", ".join(pending))
+    stale = [f"{r.path} (stale: {r.stale}; run `exvae evaluate {r.path}`)" for r in runs if r.stale]
+    if stale:
+        notes.append("Not tabulated, metrics.json evaluates an earlier best checkpoint: " + ", ".join(stale) + ".")
     return notes
 
 

@@ -137,7 +137,82 @@ def test_evaluation_settings_are_part_of_an_experiment(tmp_path):
     metrics = json.loads((b / "metrics.json").read_text())
     (b / "metrics.json").write_text(json.dumps({**metrics, "iw_samples": 5000}))
     labels = sorted(e.label for e in group_experiments(find_runs([tmp_path])))
-    assert labels == ["VAE w/ Gaussian prior [eval.iw_samples=1000]", "VAE w/ Gaussian prior [eval.iw_samples=5000]"]
+    assert labels == ["VAE w/ Gaussian prior (1000 IS)", "VAE w/ Gaussian prior (5000 IS)"]
+
+
+def write_log(folder, val_elbos):
+    """metrics.jsonl as the training loop writes it: one record per epoch with the validation
+    ELBO, the best so far and whether the epoch improved on it (and saved checkpoint_best.pt)."""
+    best, lines = float("-inf"), []
+    for epoch, elbo in enumerate(val_elbos, start=1):
+        improved = elbo > best
+        best = max(best, elbo)
+        lines.append(json.dumps({"epoch": epoch, "val_elbo": elbo, "best_val_elbo": best, "improved": improved}))
+    (folder / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def test_a_run_evaluated_before_its_best_checkpoint_changed_is_stale(tmp_path):
+    # `exvae train --resume RUN --set train.epochs=2 --no-eval`: epoch 2 became the best
+    # checkpoint, metrics.json still evaluates epoch 1's.
+    stale = make_run(tmp_path, "stale", ["prior.name=standard"], {**metrics_of(-100.0), "epoch": 1})
+    write_log(stale, [-110.0, -105.0])
+    # epoch 2 did not improve: checkpoint_best.pt is still epoch 1's, metrics.json is current
+    current = make_run(tmp_path, "current", ["prior.name=vamp"], {**metrics_of(-98.0), "epoch": 1})
+    write_log(current, [-110.0, -112.0])
+    make_run(tmp_path, "nolog", ["prior.name=exemplar"], {**metrics_of(-95.0), "epoch": 1})  # no metrics.jsonl
+    runs = {r.path.name: r for r in find_runs([tmp_path])}
+    assert runs["stale"].metrics is None
+    assert runs["stale"].stale == "evaluated at epoch 1, best checkpoint is epoch 2"
+    assert runs["current"].metrics is not None and runs["current"].stale is None
+    assert runs["nolog"].metrics is not None and runs["nolog"].stale is None
+    report = markdown_report(list(runs.values()), ["log_likelihood"])
+    assert "VAE w/ Gaussian prior" not in report and "-100.00" not in report  # its old numbers are not shown
+    assert "3 run folder(s), 2 evaluated" in report
+    path = str(stale.resolve())
+    assert (f"{path} (stale: evaluated at epoch 1, best checkpoint is epoch 2; run `exvae evaluate {path}`)"
+            in report)
+    assert "Not evaluated yet (no metrics.json" not in report  # the stale run has one
+    assert "stale" in latex_report(list(runs.values()), ["log_likelihood"]).splitlines()[0]
+
+
+def test_a_torn_last_log_line_does_not_hide_the_best_epoch(tmp_path):
+    folder = make_run(tmp_path, "a", ["prior.name=standard"], {**metrics_of(-100.0), "epoch": 2})
+    write_log(folder, [-110.0, -105.0])
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "val_el')  # a crash during append_jsonl
+    (run,) = find_runs([tmp_path])
+    assert run.metrics is not None and run.stale is None
+
+
+def test_rows_evaluated_with_different_importance_samples_name_them(tmp_path):
+    make_run(tmp_path, "std", ["prior.name=standard"], metrics_of(-100.0))
+    vamp = make_run(tmp_path, "vamp", ["prior.name=vamp"], metrics_of(-90.0))
+    metrics = json.loads((vamp / "metrics.json").read_text())
+    (vamp / "metrics.json").write_text(json.dumps({**metrics, "iw_samples": 50}))
+    runs = find_runs([tmp_path])
+    assert sorted(e.label for e in group_experiments(runs)) == [
+        "VAE w/ Gaussian prior (1000 IS)", "VAE w/ VampPrior (500) (50 IS)"]
+    ll = metric_table(group_experiments(runs), METRIC["log_likelihood"])
+    assert "| VAE w/ VampPrior (500) (50 IS) | -90.00 |" in ll and "**" not in ll  # not comparable
+    elbo = metric_table(group_experiments(runs), METRIC["elbo"])
+    assert "| VAE w/ VampPrior (500) (50 IS) | **-95.00** |" in elbo  # the ELBO does not use them
+    report = markdown_report(runs, ["log_likelihood", "elbo"])
+    assert "Evaluated on the test split, best checkpoint, 1000 importance samples" not in report
+    assert '"N IS": N importance samples per point' in report and "all rows: test split, best checkpoint" in report
+    latex = latex_report(runs, ["log_likelihood"])
+    assert r"VAE w/ VampPrior (500) (50 IS) & $-90.00$ \\" in latex and r"\mathbf" not in latex
+
+
+def test_rows_evaluated_on_different_splits_are_never_compared(tmp_path):
+    make_run(tmp_path, "std", ["prior.name=standard"], metrics_of(-100.0))
+    vamp = make_run(tmp_path, "vamp", ["prior.name=vamp"], metrics_of(-90.0))
+    metrics = json.loads((vamp / "metrics.json").read_text())
+    (vamp / "metrics.json").write_text(json.dumps({**metrics, "split": "val"}))
+    experiments = group_experiments(find_runs([tmp_path]))
+    assert sorted(e.label for e in experiments) == [
+        "VAE w/ Gaussian prior (test split)", "VAE w/ VampPrior (500) (val split)"]
+    for key in ("log_likelihood", "elbo", "active_units"):
+        assert "**" not in metric_table(experiments, METRIC[key])
 
 
 def test_own_data_sets_are_told_apart_by_their_file(tmp_path):
