@@ -56,12 +56,33 @@ def _train_one(cfg: RunConfig, args: argparse.Namespace, resume: bool) -> Path |
         trainer.leave_team()
     if not trainer.team.is_main:  # under torchrun, rank 0 reports and evaluates
         return None
-    print(f"trained {summary.epochs_completed} epochs in {summary.seconds:.1f} s; best validation ELBO "
-          f"{summary.best_val_elbo:.3f} at epoch {summary.best_epoch}"
-          f"{' (early stop)' if summary.stopped_early else ''}; run folder: {summary.run_dir}")
-    if not args.no_eval:
+    done = summary.epochs_completed
+    if summary.epochs_trained == 0:
+        why = "it stopped early" if summary.stopped_early else f"train.epochs={cfg.train.epochs} counts all epochs"
+        print(f"nothing to train: the run holds {done} epochs and {why} (raise train.epochs to continue); "
+              f"best validation ELBO {summary.best_val_elbo:.3f} at epoch {summary.best_epoch}; "
+              f"run folder: {summary.run_dir}")
+    else:
+        first = done - summary.epochs_trained + 1
+        print(f"trained epochs {first}-{done} ({summary.epochs_trained} in this session) in {summary.seconds:.1f} s; "
+              f"best validation ELBO {summary.best_val_elbo:.3f} at epoch {summary.best_epoch}"
+              f"{' (early stop)' if summary.stopped_early else ''}; run folder: {summary.run_dir}")
+    if not args.no_eval and (summary.epochs_trained > 0 or not _evaluated(summary.run_dir, summary.best_epoch)):
         _print_metrics(evaluate_run(summary.run_dir, progress=not args.no_progress))
     return summary.run_dir
+
+
+def _evaluated(run_dir: Path, best_epoch: int) -> bool:
+    """Whether the run's metrics.json evaluates its current best checkpoint (of best_epoch)."""
+    import json
+
+    from .train.run_files import RunFiles
+
+    try:
+        metrics = json.loads(RunFiles(run_dir).final_metrics.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and metrics.get("epoch") == best_epoch
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -149,6 +170,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--kind: expected one of {SAMPLE_KINDS}, got {args.kind!r}")
     if args.n < 1 or args.per_row < 1:
         raise ValueError("--n and --per-row: expected positive integers")
+    if args.from_noise and args.kind != "iterative":
+        raise ValueError(f"--from-noise: applies to --kind iterative only, not {args.kind}")
+    _check_png(args.out)
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     if args.kind == "exemplar" or (args.kind == "iterative" and not args.from_noise):
         _check_rows(args.n, data.train.shape[0], "train")  # rows start from distinct training images
@@ -180,7 +204,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     images, labels = augment_dataset(model, data.train.to(cfg.train.device), data.train_labels,
                                      args.per_example, batch_size=cfg.train.eval_batch_size)
-    save_augmented(args.out, images.cpu(), None if labels is None else labels.cpu())
+    save_augmented(args.out, images.cpu(), None if labels is None else labels.cpu(), model.input_shape)
     print(f"wrote {images.shape[0]} augmented images to {args.out}")
     return 0
 
@@ -188,6 +212,12 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 def _check_split(split: str) -> None:
     if split not in DATA_SPLITS:
         raise ValueError(f"--split: expected one of {DATA_SPLITS}, got {split!r}")
+
+
+def _check_png(path: Path, flag: str = "--out") -> None:
+    """Pictures are written as PNG: refuse another suffix (a .jpg name holding PNG bytes)."""
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{flag}: expected a file name ending in .png (pictures are written as PNG), got '{path}'")
 
 
 def _check_rows(n: int | None, available: int, split: str) -> None:
@@ -204,6 +234,7 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     _check_split(args.split)
     if args.n < 1 or args.k < 1:
         raise ValueError("--n and --k: expected positive integers")
+    _check_png(args.out)
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool = getattr(data, args.split)
     _check_rows(args.n, pool.shape[0], args.split)
@@ -235,6 +266,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise ValueError(f"--method: expected one of {METHODS}, got {args.method!r}")
     if args.n is not None and args.n < 2:
         raise ValueError(f"--n: expected at least 2 points, got {args.n}")
+    _check_png(args.out)
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool, labels = getattr(data, args.split), getattr(data, f"{args.split}_labels")
     _check_rows(args.n, pool.shape[0], args.split)
@@ -263,6 +295,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     if unknown or not metrics:
         raise ValueError(f"--metrics: expected a comma-separated subset of {','.join(METRIC_KEYS)}, "
                          f"got {args.metrics!r}")
+    if args.png is not None:
+        _check_png(args.png, "--png")
     runs = find_runs(args.runs)
     report = markdown_report(runs, metrics)
     print(report, end="")

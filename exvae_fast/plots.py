@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch import Tensor
 
@@ -120,16 +121,26 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | os.PathLike,
                 ax.plot(xs, ys, linestyle="--" if key.startswith("val_") else "-",
                         marker="o" if len(xs) < 30 else None, markersize=3, label=label)
         ax.set_xlabel("epoch")
+        _whole_epoch_ticks(ax, [x for _, _, xs, _ in panel for x in xs])
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         if ax.has_data():
-            ax.legend()
+            ax.legend(loc="best")
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
+
+
+def _whole_epoch_ticks(ax: Any, epochs: list[float]) -> None:
+    """Integer epoch ticks (matplotlib would put 2.5 ... or, for one epoch, 0.96 ... 1.04)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs and max(epochs) - min(epochs) < 4:  # too few integers in range for the locator
+        first, last = math.floor(min(epochs)), math.ceil(max(epochs))
+        ax.set_xticks(range(first, last + 1))
+        ax.set_xlim(first - 0.5, last + 0.5)
 
 
 def plot_embedding(coords: Tensor, path: str | os.PathLike, labels: Tensor | None = None,

@@ -21,7 +21,7 @@ from .run_summary import summary_markdown
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
 from .train.config import RunConfig, apply_overrides
-from .train.loop import load_run_config, refresh_exemplar_cache, seed_everything
+from .train.loop import check_device, load_run_config, refresh_exemplar_cache, seed_everything
 from .train.run_files import RunFiles, write_json
 
 CHECKPOINTS = ("best", "last")
@@ -47,6 +47,8 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str | No
         cfg = apply_overrides(cfg, [f"data.root={data_root}"])
     if device is not None:
         cfg.train.device = device
+    check_device(cfg.train.device, "device" if device is not None else
+                 "train.device (the run's; load it with device='cpu', --device cpu on the command line)")
     data = load_data(cfg)
     model = build(cfg, data)
     path = files.best_checkpoint if checkpoint == "best" else files.last_checkpoint

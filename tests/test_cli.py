@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from exvae_fast.cli import main
+from exvae_fast.data import load_dataset
 
 LATENT_METHOD = "tsne" if importlib.util.find_spec("sklearn") else "pca"  # scikit-learn: the test extras
 SHORT = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=4", "--set", "eval.iw_samples=8",
@@ -99,10 +101,17 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
         assert "--n: expected at most" in capsys.readouterr().err, argv
     assert main(["augment", str(run_dir), "--per-example", "0", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--per-example: expected a positive integer" in capsys.readouterr().err
+    if not torch.cuda.is_available():  # a CUDA device asked of a machine without one: one line, no traceback
+        for argv in (["evaluate", str(run_dir)], ["sample", str(run_dir), "--out", str(tmp_path / "x.png")]):
+            assert main([*argv, "--device", "cuda"]) == 2
+            assert "device: 'cuda' requested but CUDA is not available" in capsys.readouterr().err, argv
     npz = tmp_path / "aug.npz"
     assert main(["augment", str(run_dir), "--per-example", "2", "--out", str(npz)]) == 0
-    with np.load(npz) as f:
-        assert f["images"].shape == (8000, 784) and f["labels"].shape == (8000,)
+    with np.load(npz) as f:  # an `array` data set as it is: 4,000 training digits x 2
+        assert f["train"].shape == (8000, 28, 28) and f["train_labels"].shape == (8000,)
+    augmented = load_dataset("array", npz, seed=0)
+    assert augmented.input_shape == (1, 28, 28) and augmented.likelihood == "bernoulli"
+    assert augmented.train.shape[0] + augmented.val.shape[0] + augmented.test.shape[0] == 8000
 
 
 @pytest.mark.parametrize("method", ["pca", pytest.param("tsne", marks=pytest.mark.skipif(
@@ -135,6 +144,17 @@ def test_resume_continues_from_the_last_epoch(run_dir, capsys):
     assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", "--no-eval", *SHORT[4:]]) == 0
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert "trained epochs 2-2 (1 in this session)" in capsys.readouterr().out
+    records = [json.loads(line) for line in lines]
+    best = max(r["epoch"] for r in records if r["improved"])  # the best checkpoint's epoch
+    evaluated = json.loads((run_dir / "metrics.json").read_text())["epoch"]  # 1: the fixture's evaluation
+    kept = (run_dir / "metrics.json").stat().st_ino
+    # train.epochs counts all epochs: nothing left to train, and said so; the evaluation is
+    # redone only when metrics.json is not that of the current best checkpoint
+    assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", *SHORT[4:]]) == 0
+    assert "nothing to train: the run holds 2 epochs and train.epochs=2 counts all epochs" in capsys.readouterr().out
+    assert json.loads((run_dir / "metrics.json").read_text())["epoch"] == best
+    assert ((run_dir / "metrics.json").stat().st_ino != kept) == (evaluated != best)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -143,6 +163,10 @@ def test_resume_continues_from_the_last_epoch(run_dir, capsys):
     (["train", "--set", "prior.mode=exat"], "prior.mode"),
     (["evaluate", "no/such/run"], "no/such/run"),
     (["sample", "no/such/run", "--out", "x.png", "--kind", "bogus"], "--kind"),
+    (["sample", "no/such/run", "--out", "x.png", "--from-noise"], "--from-noise: applies to --kind iterative only"),
+    (["sample", "no/such/run", "--out", "x.jpg"], "--out: expected a file name ending in .png"),
+    (["retrieve", "no/such/run", "--out", "neighbours"], "--out: expected a file name ending in .png"),
+    (["table", "no/such/runs", "--png", "chart.pdf"], "--png: expected a file name ending in .png"),
 ])
 def test_bad_input_is_one_line_and_nonzero(argv, message, capsys):
     status = main(argv)

@@ -106,3 +106,21 @@ def test_read_jsonl(tmp_path):
         read_jsonl(path)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize("epochs", [1, 20])
+def test_training_curves_tick_whole_epochs(tmp_path, monkeypatch, epochs):
+    """Epoch ticks are integers (a one-epoch run had 0.96 ... 1.04, twenty epochs 2.5, 7.5)."""
+    from matplotlib.figure import Figure
+
+    drawn = []
+    original = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), original(fig, *a, **k))[1])
+    records = [{"epoch": e, "train_loss": 100.0 / e, "val_elbo": -100.0 / e, "train_kl": 1.0 * e,
+                "train_neg_recon": 90.0} for e in range(1, epochs + 1)]
+    plot_training_curves(records, tmp_path / "c.png")
+    (fig,) = drawn
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -200,3 +200,25 @@ def test_a_half_precision_latent_cache_trains_resumes_and_evaluates(tmp_path):
     assert math.isfinite(metrics["log_likelihood"]) and math.isfinite(metrics["retrieval_gap"]["test"]["1"]["mean"])
     with pytest.raises(ValueError, match="prior.cache_dtype"):
         tiny_config(tmp_path, **{"prior.cache_dtype": "float64"})
+
+
+def test_progress_into_a_log_file_is_plain_lines_not_bar_updates(tmp_path, capfd):
+    """progress=True with stderr redirected (pytest's capture: not a terminal): one line per
+    epoch and per evaluation stage, no carriage-return bar updates filling the log."""
+    Trainer(tiny_config(tmp_path, **{"train.epochs": 2}), progress=True).fit()
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "val ELBO" in lines[0] and "(best)" in lines[0]
+
+
+def test_evaluation_stages_log_one_line_each_when_not_on_a_terminal(capfd):
+    from exvae_fast.evaluation import log_likelihood
+    from exvae_fast.models import build_model
+    from exvae_fast.priors import StandardPrior
+    model = build_model("vae", StandardPrior(2), (1, 4, 4), 2, "bernoulli")
+    log_likelihood(model, torch.rand(5, 16).round(), num_samples=3, progress=True)
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    assert err.startswith("log p(x) (5 points, 3 samples each): done in ")

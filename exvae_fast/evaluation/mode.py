@@ -4,6 +4,7 @@ device, batched iteration with an optional progress bar)."""
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -68,9 +69,25 @@ def show_progress(progress: bool) -> bool:
     return bool(progress) and sys.stderr.isatty()
 
 
+def log_progress(progress: bool) -> bool:
+    """Whether to print plain progress lines instead: asked for, but stderr is not a terminal
+    (a log file would fill with a bar's carriage-return updates)."""
+    return bool(progress) and not sys.stderr.isatty()
+
+
+@contextmanager
+def logged_stage(desc: str, progress: bool) -> Iterator[None]:
+    """Under `log_progress`, one line on stderr when the stage `desc` ends, with its seconds."""
+    start = time.perf_counter()
+    yield
+    if log_progress(progress):
+        print(f"{desc}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
 def iterate_batches(data: Tensor, batch_size: int, device: torch.device, *,
                     progress: bool = False, desc: str = "") -> Iterator[Tensor]:
     """Consecutive row batches of data [N, D], each moved to `device`: [<=batch_size, D]."""
     starts = range(0, data.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, disable=not show_progress(progress), leave=False):
-        yield data[start:start + batch_size].to(device)
+    with logged_stage(f"{desc or 'batches'} ({data.shape[0]} rows)", progress):
+        for start in tqdm(starts, desc=desc, disable=not show_progress(progress), leave=False):
+            yield data[start:start + batch_size].to(device)

@@ -8,6 +8,7 @@ import gc
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from ..data import DataSplits
 from ..environment import environment_record
 from ..evaluation import evaluate_elbo, evaluation_mode
+from ..evaluation.mode import log_progress, show_progress
 from ..models import LatentVariableModel
 from ..ops.validation import NonFiniteError
 from ..priors import ExemplarPrior
@@ -50,11 +52,12 @@ class TrainSummary:
     """What a finished (or stopped) run reports."""
 
     run_dir: Path
-    epochs_completed: int
+    epochs_completed: int  # the run's epochs in all, those of earlier sessions included
     best_epoch: int
     best_val_elbo: float
     stopped_early: bool
     seconds: float
+    epochs_trained: int  # by this call: 0 when a resumed run had reached train.epochs already
 
 
 @dataclass
@@ -73,11 +76,15 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
     return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
 
 
-def check_device(device: str) -> torch.device:
-    """The torch.device for a config string, with a clear error when CUDA is missing."""
-    dev = torch.device(device)
+def check_device(device: str, name: str = "train.device") -> torch.device:
+    """The torch.device for a config string, with a clear error naming `name` when the
+    string is not a device or CUDA is missing."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name}: expected a device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device: {device!r} requested but CUDA is not available on this machine")
+        raise ValueError(f"{name}: {device!r} requested but CUDA is not available on this machine")
     return dev
 
 
@@ -198,6 +205,7 @@ class Trainer:
             save_config_json(self.cfg, self.files.config)
             self._record_environment(resume)
         t = self.cfg.train
+        first_epoch = self.state.epoch
         stopped_early = self.state.bad_epochs >= t.early_stopping_patience
         try:
             while self.state.epoch < t.epochs and not stopped_early:
@@ -211,6 +219,7 @@ class Trainer:
                     # truncates the log to the checkpoint), never loses the epoch's record
                     append_jsonl(self.files.metrics_log, record)
                     self._log_tensorboard(record)
+                    self._log_epoch_line(record)
                 self._save_checkpoints(record["improved"])
                 stopped_early = self.state.bad_epochs >= t.early_stopping_patience
         finally:
@@ -218,7 +227,17 @@ class Trainer:
                 self._writer.close()
         s = self.state
         return TrainSummary(self.files.root, s.epoch, s.best_epoch, s.best_val_elbo, stopped_early,
-                            time.perf_counter() - start)
+                            time.perf_counter() - start, s.epoch - first_epoch)
+
+    def _log_epoch_line(self, record: dict) -> None:
+        """Under `log_progress` (progress asked for, stderr not a terminal: a log file, a batch
+        job), one plain line per epoch on stderr in place of the bar."""
+        if not log_progress(self.progress):
+            return
+        best = " (best)" if record["improved"] else ""
+        print(f"epoch {record['epoch']}/{self.cfg.train.epochs}: train loss {record['train_loss']:.3f}, "
+              f"val ELBO {record['val_elbo']:.3f}{best}, {record['train_seconds']:.1f} s",
+              file=sys.stderr, flush=True)
 
     def _record_environment(self, resume: bool) -> None:
         """Append this start's or resume's versions, device and backends to environment.json
@@ -248,7 +267,8 @@ class Trainer:
         seen = 0
         epoch_start = time.perf_counter()
         batches = self._batches()
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not self.progress, leave=False)
+        bar_shown = show_progress(self.progress)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not bar_shown, leave=False)
         for i, (idx, batch_rows) in enumerate(bar):
             idx = idx.to(self.device)
             x = self.train_x[idx]
@@ -269,7 +289,7 @@ class Trainer:
             n = x.shape[0]
             sums += torch.stack([loss.detach() * n, terms.kl.detach().sum(), -terms.recon.detach().sum()]).double()
             seen += n
-            if self.progress and i % PROGRESS_EVERY == 0:  # a host read: not every step
+            if bar_shown and i % PROGRESS_EVERY == 0:  # a host read: not every step
                 bar.set_postfix(loss=f"{float(loss.detach()):.2f}")
         sums = sum_across(torch.cat([sums, sums.new_tensor([seen])]), self.team)
         loss_sum, kl_sum, rec_sum = (sums[:3] / sums[3]).tolist()
