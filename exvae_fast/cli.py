@@ -203,7 +203,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     torch.manual_seed(args.seed)
     images, labels = augment_dataset(model, data.train.to(cfg.train.device), data.train_labels,
-                                     args.per_example, batch_size=cfg.train.eval_batch_size)
+                                     args.per_example, batch_size=cfg.train.eval_batch_size,
+                                     progress=not args.no_progress)
     save_augmented(args.out, images.cpu(), None if labels is None else labels.cpu(), model.input_shape)
     print(f"wrote {images.shape[0]} augmented images to {args.out}")
     return 0

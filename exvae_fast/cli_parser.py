@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = trained_run_parser(sub, "augment", help="write exemplar-conditioned samples of the training set (.npz)")
     au.add_argument("--per-example", type=int, default=1, help="samples per training image")
-    au.add_argument("--out", type=Path, required=True, help="output .npz (images uint8, labels)")
+    au.add_argument("--out", type=Path, required=True,
+                    help="output .npz in the array reader's layout (train uint8, train_labels)")
+    au.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     re_ = trained_run_parser(sub, "retrieve",
                               help="draw images next to their nearest training images in the latent space")

@@ -79,7 +79,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     e = cfg.eval
     elbo = evaluate_elbo(model, x, batch_size=cfg.train.eval_batch_size, progress=progress)
     ll = log_likelihood(model, x, num_samples=samples, max_rows=e.max_rows, progress=progress)
-    units, _ = active_units(model, x, threshold=e.active_unit_threshold, batch_size=cfg.train.eval_batch_size)
+    units, _ = active_units(model, x, threshold=e.active_unit_threshold, batch_size=cfg.train.eval_batch_size,
+                            progress=progress)
     metrics = {
         "run": cfg.name, "dataset": cfg.data.name, "model": cfg.model.name, "prior": cfg.prior.name,
         "prior_mode": cfg.prior.mode if cfg.prior.name == "exemplar" else None,

@@ -185,6 +185,7 @@ def test_torchrun_trains_and_rank_zero_evaluates(tmp_path):
          "-m", "exvae_fast", "train", "--config", str(config), "--no-progress"],
         capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("trained 1 epochs") == 1  # rank 0 reports, once
+    assert done.stdout.count("trained epochs 1-1 (1 in this session)") == 1  # rank 0 reports, once
+    assert "done in" not in done.stderr  # --no-progress: no stage lines either
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert metrics["epoch"] == 1 and metrics["iw_samples"] == 4
