@@ -220,3 +220,28 @@ def test_an_existing_refused_pickle_is_fetched_again(server, tmp_path, monkeypat
     (root / "freyfaces.pkl").write_bytes(REFUSED)
     (path,) = dl.download_dataset("frey-faces", root, progress=False)
     assert path.read_bytes() == server.files["/good/freyfaces.pkl"]
+
+
+def test_a_failed_download_names_every_missing_file_and_leaves_no_empty_folder(server, mnist_source,
+                                                                               tmp_path, monkeypatch):
+    """Every mirror down: the error lists all the files still missing (not only the first that
+    failed), and the folders the call created are removed again, so no empty data folder
+    suggests a download happened."""
+    dead = tuple(dl.RemoteFile(r.name, (f"{server.url}/gone/{r.name}",), r.md5) for r in dl.SOURCES["mnist"])
+    monkeypatch.setitem(dl.SOURCES, "mnist", dead)
+    root = tmp_path / "data" / "mnist"
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download_dataset("mnist", root, progress=False)
+    message = str(err.value)
+    assert "Still missing" in message
+    assert all(r.name in message.split("Still missing")[1] for r in dead)
+    assert not (tmp_path / "data").exists()
+    # a folder that already existed is the user's: kept, as are files already there
+    root.mkdir(parents=True)
+    first = dead[0].name
+    (root / first).write_bytes((mnist_source / first).read_bytes())
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download_dataset("mnist", root, progress=False)
+    missing = str(err.value).split("Still missing")[1]
+    assert first not in missing and all(r.name in missing for r in dead[1:])
+    assert [p.name for p in root.iterdir()] == [first]

@@ -100,14 +100,30 @@ def download_dataset(name: str, root: str | os.PathLike, *, force: bool = False,
     folder = Path(root)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"root: {str(folder)!r} exists and is not a folder")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for remote in SOURCES[name]:
+    for i, remote in enumerate(SOURCES[name]):
         target = folder / remote.name
         if force or not _valid(name, remote, target):
-            _fetch(remote, target, lambda path: _check_readable(name, remote, path), progress, timeout)
+            try:
+                _fetch(remote, target, lambda path: _check_readable(name, remote, path), progress, timeout)
+            except DownloadError as err:
+                missing = [r.name for r in SOURCES[name][i:] if not _valid(name, r, folder / r.name)]
+                _remove_empty(created)
+                raise DownloadError(f"{err} Still missing in {str(folder)!r}: {', '.join(missing)}.") from None
         paths.append(target)
     return paths
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed download created (deepest first) while they are empty,
+    so a failure leaves no empty data folder that looks like a download."""
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (an earlier file arrived) or not ours to remove
+            return
 
 
 def _valid(name: str, remote: RemoteFile, target: Path) -> bool:
