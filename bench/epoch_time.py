@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="train.compile: torch.compile each step's forward (compiled in the warm-up steps)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; $EXVAE_BENCH_THREADS)")
     p.add_argument("--time-budget", type=float, help="seconds; configurations that would start after it are skipped")
     p.add_argument("--out", type=Path, help="results JSON (default bench/results/<device>/epoch_time-<preset>-<time>.json)")
@@ -161,6 +163,7 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         "size_scale": args.size_scale,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "compile": args.compile,
         "time_budget_s": args.time_budget,
         "included": INCLUDED,
         "excluded": EXCLUDED,
@@ -204,6 +207,7 @@ def make_config(model: str, prior: str, dataset: str, data, settings: dict[str, 
     cfg.train.batch_size = settings["batch_size"]
     cfg.train.device = str(device)
     cfg.train.seed = settings["seed"]
+    cfg.train.compile = settings["compile"]
     cfg.train.warmup_epochs = 0
     cfg.train.eval_batch_size = settings["refresh_batch_size"]
     validate_config(cfg)

@@ -77,6 +77,9 @@ class LatentCache(nn.Module):
         self._host_step += steps
         self._step.fill_(self._host_step)
 
+    @torch.compiler.disable  # eager under torch.compile: K and the step stamp change every step
+    # (a host int, so compiling it would recompile each step up to the limit) and an ANN index
+    # update is host code; the op itself compiles (torch.ops.exvae_fast.cache_update_)
     def update_(self, indices: Tensor, values: Tensor, backend: str = "auto") -> None:
         """Write values [K, d] (detached) at rows indices (int64 [K]); the last duplicate wins.
         Updates sq_norms and stamps (to the current step) of the written rows."""

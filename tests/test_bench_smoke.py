@@ -57,6 +57,29 @@ def test_epoch_time_runs_on_cpu_and_writes_a_results_document(tmp_path, capsys):
     assert "takes long on a CPU" not in printed  # a --size-scale run is no full sweep
 
 
+def test_epoch_time_times_compiled_steps_when_asked(tmp_path, monkeypatch):
+    """--compile sets train.compile for every configuration (compiled during the warm-up
+    steps) and is recorded in the settings."""
+    import torch._dynamo
+    from exvae_fast.train import loop
+    torch._dynamo.reset()
+    compiled, original = [], loop.Trainer._compiled
+
+    def recording(self, module):
+        compiled.append(self.cfg.train.compile)
+        return original(self, module)
+
+    monkeypatch.setattr(loop.Trainer, "_compiled", recording)
+    out = tmp_path / "epoch.json"
+    status = cli.main(["bench", "epoch", "--device", "cpu", "--threads", "1", "--models", "vae",
+                       "--priors", "retrieval-torch", "--datasets", "omniglot", "--size-scale", "0.01",
+                       "--steps", "1", "--repeats", "1", "--warmup-steps", "2", "--compile", "--out", str(out)])
+    assert status == 0
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["compile"] is True and compiled and all(compiled)
+    assert [r["status"] for r in doc["results"]] == ["ok"]
+
+
 def test_epoch_time_on_cpu_without_size_scale_suggests_the_smoke_flags(capsys):
     # a spent time budget skips every configuration: only what is printed before them is looked at
     assert cli.main(["bench", "epoch", "--device", "cpu", "--threads", "1", "--models", "vae",

@@ -288,3 +288,21 @@ def test_compiled_training_step_matches_eager(mode):
         for name in ("means", "sq_norms", "stamps"):
             assert torch.equal(getattr(compiled_model.prior.cache, name), getattr(eager.prior.cache, name)), name
 
+
+
+def test_training_steps_stop_compiling_as_the_step_counter_advances():
+    """The trainer advances the cache's step counter (a host int stamped on every written
+    row) after each step: the cache write runs eagerly, so steps 3..6 compile no new frame
+    (before, each step recompiled the write until dynamo's recompile limit, then ran eager)."""
+    train = torch.rand(40, 16, generator=torch.Generator().manual_seed(0))
+    model = make_model("retrieval", "auto", train)
+    counter = CompileCounter()
+    compiled = torch.compile(train_step, backend=counter)
+    frames = []
+    for step in range(6):
+        indices = torch.arange(8) + 4 * step
+        compiled(model, torch.bernoulli(train[indices]), indices)
+        model.prior.cache.advance()
+        frames.append(counter.frame_count)
+    assert frames[2:] == [frames[2]] * 4, frames
+    assert model.prior.cache.stamps[indices].tolist() == [5] * 8

@@ -103,6 +103,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N
     tensorboard: bool = False
+    compile: bool = False  # torch.compile the training step's forward (inductor; the first steps compile)
     eval_batch_size: int = 500  # rows per batch for validation ELBO / cache refresh
 
 

@@ -37,7 +37,7 @@ PROGRESS_EVERY = 20
 """Steps between updates of the progress bar's loss (each reads the device)."""
 
 RESUME_MAY_CHANGE = ("name", "out_dir", "data.root", "train.epochs", "train.early_stopping_patience",
-                     "train.device", "train.tensorboard", "train.eval_batch_size", "prior.backend",
+                     "train.device", "train.tensorboard", "train.eval_batch_size", "train.compile", "prior.backend",
                      "prior.index_threads", "eval.")
 """Config keys (a trailing dot: a whole section) that a resume may change: where and how long to
 train and how to evaluate, never what is trained."""
@@ -119,7 +119,8 @@ class Trainer:
         seed_everything(cfg.train.seed, self.team.rank)
         self.data = data if data is not None else load_data(cfg)
         self.model = build(cfg, self.data, self.device)
-        self.step_model = self.model  # what training steps call: DDP's wrapper in a team
+        self.step_model = self.model  # the model or, in a team, its DDP wrapper
+        self._forward = self._compiled(self.step_model)  # what training steps call
         self.optimizer = NormalizedAdam(self.model.parameters(), lr=cfg.train.lr)
         self.state = _Progress()
         self.train_x = self.data.train.to(self.device)
@@ -199,6 +200,7 @@ class Trainer:
                 path.unlink()
         # in a team: shard the exemplar cache (the checkpoint held all of it) and wrap in DDP
         self.step_model = shard_model(self.model, self.team, self.device)
+        self._forward = self._compiled(self.step_model)
         if not resume:
             refresh_exemplar_cache(self.model, self.cfg.train.eval_batch_size)  # Algorithm 1: fill the cache
         if main:
@@ -239,6 +241,11 @@ class Trainer:
               f"val ELBO {record['val_elbo']:.3f}{best}, {record['train_seconds']:.1f} s",
               file=sys.stderr, flush=True)
 
+    def _compiled(self, module: torch.nn.Module):
+        """`module`, or its torch.compile wrapper under train.compile (weights and checkpoints
+        stay the module's own)."""
+        return torch.compile(module) if self.cfg.train.compile else module
+
     def _record_environment(self, resume: bool) -> None:
         """Append this start's or resume's versions, device and backends to environment.json
         (one record per session, so a run resumed elsewhere says so; a fresh start begins a
@@ -274,7 +281,7 @@ class Trainer:
             x = self.train_x[idx]
             if self.data.dynamic_binarization:
                 x = torch.bernoulli(x)
-            terms = self.step_model(x, indices=idx)
+            terms = self._forward(x, indices=idx)
             loss = -(terms.recon - beta * terms.kl).mean()
             if not all_finite(loss, self.team):
                 where = f" on some rank (here {float(loss.detach())})" if self.team.distributed else ""
