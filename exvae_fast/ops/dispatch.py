@@ -91,7 +91,11 @@ def resolve_backend(op: str, backend: str, *tensors: Tensor | None) -> str:
     if backend == "auto":
         if not usable:
             raise ValueError(f"{op}: no backend is available for device type {device_type!r}")
-        return max(usable, key=lambda name: usable[name].priority)
+        best = None  # the first of the highest priority; a loop, not max(key=...), which
+        for name, impl in usable.items():  # torch.compile cannot trace (a warning per trace)
+            if best is None or impl.priority > usable[best].priority:
+                best = name
+        return best
     if backend not in usable:
         if backend in _REGISTRY[op]:
             why = f"does not support device type {device_type!r}"
