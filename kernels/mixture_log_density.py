@@ -359,8 +359,18 @@ def mixture_log_density_triton(z: Tensor, means: Tensor, log_var: Tensor,
                                                                  log_weights)
     # contiguous once here, so the op and its backward see the same (saved) buffers
     z, means = z.contiguous(), means.contiguous()
-    log_weights = None if log_weights is None else log_weights.contiguous()
+    log_weights = None if log_weights is None else _shifted(log_weights).contiguous()
     return mixture_forward_op(z, means, log_var, exclude, log_weights)[0]
+
+
+def _shifted(log_weights: Tensor) -> Tensor:
+    """log_weights [N] minus their largest finite value (a constant: the density, which
+    normalises the weights, and its gradients are unchanged). The kernels add log w_j to the
+    logits and subtract the normaliser in float32, so weights offset by C lost about
+    C * 2^-24 nats each way (0.1 nats at C = 1e6); shifted, the error is the input's own
+    rounding. All -inf (refused where it would leave a row empty) is left as it is."""
+    top = log_weights.detach().max()
+    return log_weights - torch.where(top.isfinite(), top, top.new_zeros(()))
 
 
 def mixture_log_density(z: Tensor, means: Tensor, log_var: Tensor, exclude: Tensor | None = None,

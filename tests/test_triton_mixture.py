@@ -168,6 +168,19 @@ def test_log_weights_with_neg_inf_entries():
     assert torch.all(ours[1][3][::3] == 0)  # dropped components get no gradient
 
 
+@pytest.mark.parametrize("offset", [1e6, -1e6])
+def test_log_weights_far_from_zero_lose_nothing_beyond_their_own_rounding(offset):
+    """Weights offset by a large constant (unnormalised log counts, say): the density
+    normalises them, so the fused result and gradients equal the float64 reference of the
+    same float32 weights (unshifted, the kernels lost ~offset * 2^-24 nats: 0.1 at 1e6)."""
+    z, means, log_var = make_inputs(5, 37, 4, seed=4)
+    lw = (torch.randn(37, generator=torch.Generator().manual_seed(2)) + offset).to(DEVICE)
+    lw[5] = NEG_INF
+    exclude = torch.tensor([0, -1, 5, 36, 3], device=DEVICE)
+    ours, _, exact = run_all(z, means, log_var, exclude, lw)
+    assert_matches(ours, exact)
+
+
 def loo_inputs(batch, size, dim, offset, log_var, seed=0):
     """z_b 1e-3 away from mu_b (the nearest neighbour), far from the origin."""
     gen = torch.Generator().manual_seed(seed)
