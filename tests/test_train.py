@@ -213,15 +213,28 @@ def test_progress_into_a_log_file_is_plain_lines_not_bar_updates(tmp_path, capfd
     assert "val ELBO" in lines[0] and "(best)" in lines[0]
 
 
-def test_evaluation_stages_log_one_line_each_when_not_on_a_terminal(capfd):
-    from exvae_fast.evaluation import log_likelihood
+def test_evaluation_stages_log_plain_lines_when_not_on_a_terminal(capfd, monkeypatch):
+    """A stage shorter than LOG_EVERY_S logs one line as it ends; a long one also logs its
+    share done and the time left along the way (every line, with the interval at 0)."""
+    from exvae_fast.evaluation import evaluate_elbo, log_likelihood, mode
     from exvae_fast.models import build_model
     from exvae_fast.priors import StandardPrior
     model = build_model("vae", StandardPrior(2), (1, 4, 4), 2, "bernoulli")
-    log_likelihood(model, torch.rand(5, 16).round(), num_samples=3, progress=True)
+    x = torch.rand(5, 16).round()
+    log_likelihood(model, x, num_samples=3, progress=True)
     err = capfd.readouterr().err
     assert "\r" not in err
+    assert err.splitlines() == [err.splitlines()[0]]
     assert err.startswith("log p(x) (5 points, 3 samples each): done in ")
+    monkeypatch.setattr(mode, "LOG_EVERY_S", 0.0)
+    log_likelihood(model, x, num_samples=3, max_rows=6, progress=True)  # 2 points a call: 3 calls
+    evaluate_elbo(model, x, batch_size=2, progress=True)  # 3 batches
+    lines = capfd.readouterr().err.splitlines()
+    ll = "log p(x) (5 points, 3 samples each)"
+    assert [line.split(" s so far")[0] for line in lines if "so far" in line] == [
+        f"{ll}: 33% (1/3 batches), 0", f"{ll}: 67% (2/3 batches), 0",
+        "ELBO (5 rows): 33% (1/3 batches), 0", "ELBO (5 rows): 67% (2/3 batches), 0"]
+    assert [line.split(":")[0] for line in lines if "done in" in line] == [ll, "ELBO (5 rows)"]
 
 
 def test_compiled_training_resumes_exactly_and_its_checkpoints_load_anywhere(tmp_path):

@@ -12,11 +12,10 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ..models.base import LatentVariableModel
 from ..priors.base import check_count
-from .mode import check_data, evaluation_mode, logged_stage, model_device, show_progress
+from .mode import check_data, evaluation_mode, model_device, stage_progress
 
 
 def plan_batches(num_points: int, num_samples: int, max_rows: int) -> tuple[int, int]:
@@ -48,9 +47,8 @@ def log_likelihood(model: LatentVariableModel, data: Tensor, num_samples: int = 
     num_points = data.shape[0]
     calls = math.ceil(num_points / points) * math.ceil(num_samples / chunk)
     result = torch.empty(num_points, dtype=torch.float64)
-    with evaluation_mode(model), logged_stage(f"log p(x) ({num_points} points, {num_samples} samples each)",
-                                              progress), \
-            tqdm(total=calls, desc="log p(x)", leave=False, disable=not show_progress(progress)) as bar:
+    with evaluation_mode(model), stage_progress("log p(x)", calls, progress, label=(
+            f"log p(x) ({num_points} points, {num_samples} samples each)")) as bar:
         for start in range(0, num_points, points):
             x = data[start:start + points].to(device)
             p = x.shape[0]

@@ -75,19 +75,66 @@ def log_progress(progress: bool) -> bool:
     return bool(progress) and not sys.stderr.isatty()
 
 
+LOG_EVERY_S = 60.0
+"""Seconds between progress lines in a log file (the first after that long, none for a
+stage that ends sooner)."""
+
+
+class _LineProgress:
+    """`stage_progress`'s reporter for a log file: a line every LOG_EVERY_S seconds with the
+    share done and the time left at the rate so far, and one when the stage ends."""
+
+    def __init__(self, desc: str, total: int, unit: str) -> None:
+        self.desc, self.total, self.unit = desc, total, unit
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= LOG_EVERY_S and 0 < self.done < self.total:
+            self.last = now
+            elapsed = now - self.start
+            left = elapsed * (self.total - self.done) / self.done
+            self._print(f"{100 * self.done / self.total:.0f}% ({self.done}/{self.total} {self.unit}), "
+                        f"{elapsed:.0f} s so far, about {left:.0f} s left")
+
+    def close(self) -> None:
+        self._print(f"done in {time.perf_counter() - self.start:.1f} s")
+
+    def _print(self, text: str) -> None:
+        print(f"{self.desc}: {text}", file=sys.stderr, flush=True)
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
 @contextmanager
-def logged_stage(desc: str, progress: bool) -> Iterator[None]:
-    """Under `log_progress`, one line on stderr when the stage `desc` ends, with its seconds."""
-    start = time.perf_counter()
-    yield
-    if log_progress(progress):
-        print(f"{desc}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+def stage_progress(desc: str, total: int, progress: bool, *, unit: str = "batches",
+                   label: str | None = None) -> Iterator:
+    """Progress of a stage of `total` steps; yields an object whose update(n) counts n done.
+
+    On a terminal a tqdm bar titled `desc`; asked for but stderr not a terminal (a log file,
+    a batch job), plain lines headed `label` (default `desc`) every LOG_EVERY_S seconds and
+    when the stage ends, never a bar's carriage-return updates; nothing when not asked for."""
+    if show_progress(progress):
+        with tqdm(total=total, desc=desc, leave=False) as bar:
+            yield bar
+    elif log_progress(progress):
+        lines = _LineProgress(label or desc, total, unit)
+        yield lines
+        lines.close()
+    else:
+        yield _NoProgress()
 
 
 def iterate_batches(data: Tensor, batch_size: int, device: torch.device, *,
                     progress: bool = False, desc: str = "") -> Iterator[Tensor]:
     """Consecutive row batches of data [N, D], each moved to `device`: [<=batch_size, D]."""
     starts = range(0, data.shape[0], batch_size)
-    with logged_stage(f"{desc or 'batches'} ({data.shape[0]} rows)", progress):
-        for start in tqdm(starts, desc=desc, disable=not show_progress(progress), leave=False):
+    with stage_progress(desc, len(starts), progress, label=f"{desc or 'batches'} ({data.shape[0]} rows)") as bar:
+        for start in starts:
             yield data[start:start + batch_size].to(device)
+            bar.update()
