@@ -79,7 +79,7 @@ class LatentCache(nn.Module):
 
     @torch.compiler.disable  # eager under torch.compile: K and the step stamp change every step
     # (a host int, so compiling it would recompile each step up to the limit) and an ANN index
-    # update is host code; the op itself compiles (torch.ops.exvae_fast.cache_update_)
+    # update is host code (the op, called directly, compiles: torch.ops.exvae_fast.cache_update_)
     def update_(self, indices: Tensor, values: Tensor, backend: str = "auto") -> None:
         """Write values [K, d] (detached) at rows indices (int64 [K]); the last duplicate wins.
         Updates sq_norms and stamps (to the current step) of the written rows."""

@@ -58,8 +58,11 @@ def _train_one(cfg: RunConfig, args: argparse.Namespace, resume: bool) -> Path |
         return None
     done = summary.epochs_completed
     if summary.epochs_trained == 0:
-        why = "it stopped early" if summary.stopped_early else f"train.epochs={cfg.train.epochs} counts all epochs"
-        print(f"nothing to train: the run holds {done} epochs and {why} (raise train.epochs to continue); "
+        held = [("it stopped early", "train.early_stopping_patience")] if summary.stopped_early else []
+        if done >= cfg.train.epochs:
+            held.append((f"train.epochs={cfg.train.epochs} counts all epochs", "train.epochs"))
+        why, raise_ = (" and ".join(part) for part in zip(*held))
+        print(f"nothing to train: the run holds {done} epochs and {why} (raise {raise_} to continue); "
               f"best validation ELBO {summary.best_val_elbo:.3f} at epoch {summary.best_epoch}; "
               f"run folder: {summary.run_dir}")
     else:
@@ -67,13 +70,15 @@ def _train_one(cfg: RunConfig, args: argparse.Namespace, resume: bool) -> Path |
         print(f"trained epochs {first}-{done} ({summary.epochs_trained} in this session) in {summary.seconds:.1f} s; "
               f"best validation ELBO {summary.best_val_elbo:.3f} at epoch {summary.best_epoch}"
               f"{' (early stop)' if summary.stopped_early else ''}; run folder: {summary.run_dir}")
-    if not args.no_eval and (summary.epochs_trained > 0 or not _evaluated(summary.run_dir, summary.best_epoch)):
+    if not args.no_eval and (summary.epochs_trained > 0
+                             or not _evaluated(summary.run_dir, summary.best_epoch, cfg.eval.iw_samples)):
         _print_metrics(evaluate_run(summary.run_dir, progress=not args.no_progress))
     return summary.run_dir
 
 
-def _evaluated(run_dir: Path, best_epoch: int) -> bool:
-    """Whether the run's metrics.json evaluates its current best checkpoint (of best_epoch)."""
+def _evaluated(run_dir: Path, best_epoch: int, iw_samples: int) -> bool:
+    """Whether the run's metrics.json evaluates its current best checkpoint (of best_epoch)
+    with `iw_samples` importance samples (eval.* may change on a resume)."""
     import json
 
     from .train.run_files import RunFiles
@@ -82,7 +87,8 @@ def _evaluated(run_dir: Path, best_epoch: int) -> bool:
         metrics = json.loads(RunFiles(run_dir).final_metrics.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(metrics, dict) and metrics.get("epoch") == best_epoch
+    return (isinstance(metrics, dict) and metrics.get("epoch") == best_epoch
+            and metrics.get("iw_samples") == iw_samples)
 
 
 def parse_seeds(spec: str) -> list[int]:

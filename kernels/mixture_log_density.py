@@ -368,7 +368,11 @@ def _shifted(log_weights: Tensor) -> Tensor:
     normalises the weights, and its gradients are unchanged). The kernels add log w_j to the
     logits and subtract the normaliser in float32, so weights offset by C lost about
     C * 2^-24 nats each way (0.1 nats at C = 1e6); shifted, the error is the input's own
-    rounding. All -inf (refused where it would leave a row empty) is left as it is."""
+    rounding. float32 (the kernels' precision): bfloat16/float16 differences would round to
+    the weights' dtype (2 nats at 500 in bfloat16). All -inf (refused where it would leave a
+    row empty) is left as it is. One shift serves every row: a row that leaves out a weight
+    far above all the others keeps an error of about that gap * 2^-24 nats."""
+    log_weights = log_weights.float()
     top = log_weights.detach().max()
     return log_weights - torch.where(top.isfinite(), top, top.new_zeros(()))
 

@@ -155,6 +155,46 @@ def test_resume_continues_from_the_last_epoch(run_dir, capsys):
     assert "nothing to train: the run holds 2 epochs and train.epochs=2 counts all epochs" in capsys.readouterr().out
     assert json.loads((run_dir / "metrics.json").read_text())["epoch"] == best
     assert ((run_dir / "metrics.json").stat().st_ino != kept) == (evaluated != best)
+    # a resume may change eval.*: another importance-sample count is evaluated again
+    assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", *SHORT[4:],
+                 "--set", "eval.iw_samples=6"]) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["iw_samples"] == 6
+
+
+@pytest.mark.parametrize("stopped_early, epochs, hint", [
+    (True, 5, "it stopped early (raise train.early_stopping_patience to continue)"),
+    (False, 3, "train.epochs=3 counts all epochs (raise train.epochs to continue)"),
+    (True, 3, "it stopped early and train.epochs=3 counts all epochs (raise train.early_stopping_patience "
+              "and train.epochs to continue)")])
+def test_nothing_to_train_names_the_setting_that_continues_it(stopped_early, epochs, hint, tmp_path, monkeypatch,
+                                                               capsys):
+    """A resumed run with no epoch left: the hint names what stops it (an early stop is lifted
+    by the patience, not by more epochs)."""
+    import argparse
+    import types
+
+    from exvae_fast import cli
+    from exvae_fast.train import loop
+    from exvae_fast.train.config import RunConfig
+
+    class Done:  # a Trainer whose resumed run has 3 epochs and trains none
+        team = types.SimpleNamespace(is_main=True)
+
+        def __init__(self, cfg, progress):
+            pass
+
+        def fit(self, resume, overwrite):
+            return loop.TrainSummary(tmp_path, 3, 2, -90.0, stopped_early, 0.1, 0)
+
+        def leave_team(self):
+            pass
+
+    monkeypatch.setattr(loop, "Trainer", Done)
+    cfg = RunConfig()
+    cfg.train.epochs = epochs
+    args = argparse.Namespace(no_progress=True, overwrite=False, no_eval=True)
+    cli._train_one(cfg, args, resume=True)
+    assert f"nothing to train: the run holds 3 epochs and {hint};" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

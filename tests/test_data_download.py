@@ -146,9 +146,10 @@ def test_files_without_checksum_are_validated_by_their_reader(server, tmp_path, 
     # only the bad mirror left: it is refused, the good file stays
     monkeypatch.setitem(dl.SOURCES, "omniglot", (dl.RemoteFile(
         "chardata.mat", (f"{server.url}/bad/chardata.mat",), None),))
-    with pytest.raises(dl.DownloadError, match="not a valid chardata.mat"):
+    with pytest.raises(dl.DownloadError, match="not a valid chardata.mat") as err:
         dl.download_dataset("omniglot", root, progress=False, force=True)
     assert path.read_bytes() == (tmp_path / "good.mat").read_bytes()
+    assert "Still missing" not in str(err.value)  # the kept file is valid: nothing is missing
 
 
 REFUSED = b"cos\nsystem\n(S'true'\ntR."  # a pickle calling os.system

@@ -256,3 +256,18 @@ def test_compiled_training_resumes_exactly_and_its_checkpoints_load_anywhere(tmp
     assert not any("_orig_mod" in key for key in keys)
     again = Trainer(tiny_config(tmp_path, "straight", **{"train.epochs": 3}), progress=False)
     assert again.fit(resume=True).epochs_completed == 3
+
+
+@pytest.mark.parametrize("compile_", [False, True], ids=["eager", "compile"])
+def test_leave_team_drops_every_reference_to_the_ddp_wrapper(tmp_path, compile_):
+    """leave_team frees a team's DDP wrapper (it holds the process group, whose gloo threads
+    could abort the interpreter's exit): the step function (the wrapper, or its compiled
+    form) lets go of it too."""
+    import weakref
+    trainer = Trainer(tiny_config(tmp_path, **{"train.compile": compile_}), progress=False)
+    wrapper = torch.nn.Sequential(trainer.model)  # stands for DDP(model), as fit() sets it
+    trainer.step_model, trainer._forward = wrapper, trainer._compiled(wrapper)
+    ref = weakref.ref(wrapper)
+    del wrapper
+    trainer.leave_team()
+    assert ref() is None

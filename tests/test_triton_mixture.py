@@ -181,6 +181,22 @@ def test_log_weights_far_from_zero_lose_nothing_beyond_their_own_rounding(offset
     assert_matches(ours, exact)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_log_weights_far_from_their_largest(dtype):
+    """bfloat16/float16 log_weights with a far-away component of weight 500: the shift by the
+    largest runs in float32 (as the kernels), so w_j - 500 keeps its bits (in the weights'
+    dtype it rounds to 2 nats at 500 in bfloat16) and the result matches the float64 formula
+    of the same rounded weights."""
+    z, means, log_var = make_inputs(5, 23, 6, seed=5)
+    means[0] += 100.0  # negligible in every row's density, but it sets the normaliser
+    lw = torch.rand(23, generator=torch.Generator().manual_seed(3)) * 6 - 3
+    lw[0] = 500.0
+    lw = lw.to(DEVICE, dtype)
+    ours, _, exact = run_all(z, means, log_var, torch.tensor([1, -1, 22, 3, 0], device=DEVICE), lw)
+    assert_matches(ours, exact, grad_tol=1e-2, grad_atol=1e-2)
+    assert ours[1][3].dtype == dtype
+
+
 def loo_inputs(batch, size, dim, offset, log_var, seed=0):
     """z_b 1e-3 away from mu_b (the nearest neighbour), far from the origin."""
     gen = torch.Generator().manual_seed(seed)

@@ -111,7 +111,8 @@ def download_dataset(name: str, root: str | os.PathLike, *, force: bool = False,
             except DownloadError as err:
                 missing = [r.name for r in SOURCES[name][i:] if not _valid(name, r, folder / r.name)]
                 _remove_empty(created)
-                raise DownloadError(f"{err} Still missing in {str(folder)!r}: {', '.join(missing)}.") from None
+                still = f" Still missing in {str(folder)!r}: {', '.join(missing)}." if missing else ""
+                raise DownloadError(f"{err}{still}") from None
         paths.append(target)
     return paths
 

@@ -168,7 +168,7 @@ class Trainer:
         on to the interpreter's exit and could abort the process there (SIGABRT). The Trainer
         trains no more afterwards; its model stays usable."""
         if self.step_model is not self.model:
-            self.step_model = None
+            self.step_model = self._forward = None  # _forward: the wrapper or its compiled form
             gc.collect()
         leave(self.team)
 
