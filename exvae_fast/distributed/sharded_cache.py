@@ -116,6 +116,8 @@ class ShardedLatentCache(nn.Module):
 
     # --- writes -------------------------------------------------------------------------
 
+    @torch.compiler.disable  # eager under torch.compile, like LatentCache.update_: sizes
+    # exchanged between ranks and a step stamp that change every step
     def update_(self, indices: Tensor, values: Tensor, backend: str = "auto") -> None:
         """COLLECTIVE. Write values [K_r, d] (detached) at global rows indices (int64 [K_r])
         of every rank; K_r may be 0. Equals one `LatentCache.update_` with the rank-order
