@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .atomic_io import atomic_write
+from .data.arrays import image_layout, unit_float_images
 from .evaluation.mode import check_data, check_model, evaluation_mode, iterate_batches, model_device
 from .models.base import LatentVariableModel
 from .priors.base import check_count
@@ -164,7 +165,8 @@ def save_augmented(path: str | os.PathLike, images: Tensor, labels: Tensor | Non
 def load_augmented(path: str | os.PathLike) -> tuple[Tensor, Tensor | None]:
     """Read a `save_augmented` file -> (images [M, D] float32 in [0, 1], labels [M] int64 or None).
 
-    Takes the current layout ("train" uint8 [M, H, W] or [M, C, H, W], "train_labels") and
+    Takes the current layout ("train" uint8 [M, H, W], [M, C, H, W] or [M, H, W, C], read as
+    the array reader reads it; "train_labels") and
     that of earlier versions ("images" uint8 [M, D], "labels"). To read the file as a data
     set, with its image shape and splits, use `load_dataset("array", path)` instead.
     """
@@ -172,15 +174,18 @@ def load_augmented(path: str | os.PathLike) -> tuple[Tensor, Tensor | None]:
     if not path.is_file():
         raise FileNotFoundError(f"path: no augmented data set at {path}")
     with np.load(path, allow_pickle=False) as archive:
-        if "train" in archive.files:
+        if "train" in archive.files:  # read as the array reader does (channels-last too)
             key, label_key, ranks = "train", "train_labels", (3, 4)
         else:
             key, label_key, ranks = "images", "labels", (2,)
         pixels = archive[key] if key in archive.files else None
         if pixels is None or pixels.dtype != np.uint8 or pixels.ndim not in ranks:
-            raise ValueError(f"{path}: expected a uint8 'train' array of shape [M, H, W] or [M, C, H, W] "
-                             "(or an older file's 'images' [M, D])")
-        images = torch.from_numpy(pixels.reshape(pixels.shape[0], -1).astype(np.float32) / 255.0)
+            raise ValueError(f"{path}: expected a uint8 'train' array of shape [M, H, W], [M, C, H, W] or "
+                             "[M, H, W, C] (or an older file's 'images' [M, D])")
+        if key == "train":
+            images = unit_float_images(pixels, key, image_layout(pixels, key)[1])
+        else:
+            images = torch.from_numpy(pixels.astype(np.float32) / 255.0)
         labels = torch.from_numpy(archive[label_key].astype(np.int64)) if label_key in archive.files else None
     if labels is not None and labels.shape != (images.shape[0],):
         raise ValueError(f"{path}: '{label_key}' has shape {list(labels.shape)}; expected [{images.shape[0]}]")

@@ -90,3 +90,14 @@ def test_bad_image_shape_is_refused_without_writing(tmp_path):
     with pytest.raises(ValueError, match="at least one"):
         save_augmented(path, x[:0], None, (1, 3, 4))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_channels_last_file_reads_as_the_array_reader_reads_it(tmp_path):
+    """A user's [M, H, W, C] file: load_augmented gives the reader's channel-major rows, not
+    the channels interleaved."""
+    pixels = np.random.default_rng(0).integers(0, 256, size=(6, 5, 4, 3), dtype=np.uint8)
+    path = tmp_path / "mine.npz"
+    np.savez(path, train=pixels)
+    images, labels = load_augmented(path)
+    expected = torch.from_numpy(np.moveaxis(pixels, -1, 1).reshape(6, -1).astype(np.float32)) / 255
+    assert labels is None and torch.equal(images, expected)

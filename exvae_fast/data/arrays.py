@@ -47,7 +47,7 @@ def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _image_shape(array: np.ndarray, key: str) -> tuple[tuple[int, int, int], bool]:
+def image_layout(array: np.ndarray, key: str) -> tuple[tuple[int, int, int], bool]:
     """((C, H, W), channels_last) of a split's array, or ValueError."""
     if array.ndim == 3:
         return (1, *array.shape[1:]), False
@@ -59,7 +59,7 @@ def _image_shape(array: np.ndarray, key: str) -> tuple[tuple[int, int, int], boo
                      f"[N, H, W, C] with C in {CHANNELS}")
 
 
-def _unit_float(array: np.ndarray, key: str, channels_last: bool) -> torch.Tensor:
+def unit_float_images(array: np.ndarray, key: str, channels_last: bool) -> torch.Tensor:
     """[N, ...] uint8 or float in [0, 1] -> float32 [N, C*H*W] channel-major."""
     if array.shape[0] < 1:
         raise ValueError(f"{NAME}: {key} holds no images")
@@ -105,16 +105,16 @@ def load_array_dataset(root: str | os.PathLike, *, seed: int, n_validation: int 
             if split in content:
                 raise ValueError(f"{NAME}: {str(path)!r} holds its own {split!r} split; "
                                  f"n_{'validation' if split == 'val' else 'test'} only sizes a split carved from train")
-    shape, channels_last = _image_shape(content["train"], "train")
+    shape, channels_last = image_layout(content["train"], "train")
     images, labels = {}, {}
     for split in SPLITS:
         if split not in content:
             continue
-        split_shape, split_last = _image_shape(content[split], split)
+        split_shape, split_last = image_layout(content[split], split)
         if (split_shape, split_last) != (shape, channels_last):
             raise ValueError(f"{NAME}: {split} images have shape {content[split].shape[1:]}; train's are "
                              f"{content['train'].shape[1:]}")
-        images[split] = _unit_float(content[split], split, channels_last)
+        images[split] = unit_float_images(content[split], split, channels_last)
         if f"{split}_labels" in content:
             labels[split] = _labels(content[f"{split}_labels"], f"{split}_labels", images[split].shape[0])
     if likelihood is None:
