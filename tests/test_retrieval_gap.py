@@ -26,13 +26,16 @@ def trained_like(num_items: int = N, init_log_var: float = -1.5, refresh: bool =
 
 def brute_force(model: VAE, x: torch.Tensor, ks, indices, seed: int, batch_size: int):
     """{k: gap_k} by the definition: mixture over every exemplar but the row's own, minus
-    the mixture over the k exemplars whose cached means are nearest to mu (float64); z drawn
-    batch by batch as retrieval_gap does (torch's CPU randn is not split-invariant)."""
+    the mixture over the k exemplars whose cached means are nearest to mu (float64); x encoded
+    and z drawn batch by batch as retrieval_gap does (torch's CPU randn is not split-invariant,
+    and a GEMM may round a row differently by the batch's size or the row's position in it:
+    one encode of all rows gives mu ~1e-7 off, which the 1e-6 / 1e-9 tolerances below would
+    only just absorb, machine-dependently)."""
     torch.manual_seed(seed)
     with torch.no_grad():
-        mu, log_var = model.encode(x)
-        z = torch.cat([m + torch.exp(0.5 * v) * torch.randn_like(m)
-                       for m, v in zip(mu.split(batch_size), log_var.split(batch_size))]).double()
+        parts = [model.encode(batch) for batch in x.split(batch_size)]
+        mu = torch.cat([m for m, _ in parts])
+        z = torch.cat([m + torch.exp(0.5 * v) * torch.randn_like(m) for m, v in parts]).double()
         var = math.exp(float(model.prior.log_var))
     means = model.prior.cache.means.double()
     out = {k: torch.empty(x.shape[0], dtype=torch.float64) for k in ks}
