@@ -40,8 +40,8 @@ def optional_build(build_extension: type) -> type:
         def build_extension(self, ext) -> None:
             try:
                 super().build_extension(ext)
-            except RuntimeError as error:
-                raise CompileError(f"{error} (see the compiler output above)") from error
+            except Exception as error:  # any failure (a compiler's, or torch's own flag logic)
+                raise CompileError(f"{error!r} (see the compiler output above)") from error
 
     return OptionalBuildExtension
 
@@ -66,6 +66,22 @@ def export_cuda_home() -> None:
         os.environ["CUDA_HOME"] = str(Path(top.group(1).strip()).resolve())
 
 
+def default_cuda_archs(torch) -> None:
+    """Without a visible GPU (a login node, a container build) torch cannot pick the GPU
+    architectures to compile for and fails (IndexError in _get_cuda_arch_flags) unless
+    TORCH_CUDA_ARCH_LIST is set: then build for those of the installed torch build
+    ("sm_90" -> "9.0"), saying so. An explicit TORCH_CUDA_ARCH_LIST is always kept."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST") or torch.cuda.is_available():
+        return
+    flags = torch._C._cuda_getArchFlags() if hasattr(torch._C, "_cuda_getArchFlags") else ""
+    archs = [f"{m[1]}.{m[2]}{m[3]}" for m in re.finditer(r"\bsm_(\d+)(\d)([a-z]?)\b", flags or "")]
+    if archs:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+        print(f"exvae-fast: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building the CUDA kernel "
+              f"for this torch build's architectures {';'.join(archs)} (set TORCH_CUDA_ARCH_LIST, "
+              "e.g. 9.0, to build fewer)", file=sys.stderr)
+
+
 def extension_build() -> dict:
     """setup() arguments that build exvae_fast._C, or none when torch is not importable."""
     export_cuda_home()
@@ -78,6 +94,8 @@ def extension_build() -> dict:
               "`pip install --no-build-isolation -e .`", file=sys.stderr)
         return {}
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if with_cuda:
+        default_cuda_archs(torch)
     sources = ["csrc/cache_update.cpp", "csrc/python_module.cpp"]
     cxx = ["-O3", *openmp_flags()] if sys.platform != "win32" else ["/O2", *openmp_flags()]
     kwargs = dict(py_limited_api=True, optional=True, extra_link_args=openmp_flags(),
