@@ -5,11 +5,11 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .ann import FaissIndex
 from .ops import cache_update_, knn_search, mixture_log_density
 from .ops.validation import CACHE_DTYPES, check_index, check_int, check_range, check_shape, check_tensor
+from .progress import stage_progress
 
 
 class LatentCache(nn.Module):
@@ -97,7 +97,7 @@ class LatentCache(nn.Module):
 
         data: [N, ...], indexed along dim 0 (may live on another device: each batch is moved
         to the cache's device before `encode`). encode: batch -> [bs, d] posterior means.
-        Train/eval modes are left as they are (the caller chooses). progress: tqdm bar.
+        Train/eval modes are left as they are (the caller chooses). progress: `stage_progress`.
         """
         check_tensor(data, "data")
         check_int(batch_size, "batch_size", 1)
@@ -110,11 +110,14 @@ class LatentCache(nn.Module):
         index, self._index = self._index, None
         try:
             with torch.no_grad():
-                for start in tqdm(range(0, self.num_items, batch_size), disable=not progress,
-                                  desc="refreshing latent cache", unit="batch"):
-                    stop = min(start + batch_size, self.num_items)
-                    encoded = encode(data[start:stop].to(device))
-                    self.update_(torch.arange(start, stop, device=device), encoded, backend)
+                starts = range(0, self.num_items, batch_size)
+                with stage_progress("refreshing latent cache", len(starts), progress,
+                                    label=f"refreshing latent cache ({self.num_items} rows)") as bar:
+                    for start in starts:
+                        stop = min(start + batch_size, self.num_items)
+                        encoded = encode(data[start:stop].to(device))
+                        self.update_(torch.arange(start, stop, device=device), encoded, backend)
+                        bar.update()
         finally:
             self._index, self._index_dirty = index, True
         self._ensure_index()

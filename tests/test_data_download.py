@@ -246,3 +246,13 @@ def test_a_failed_download_names_every_missing_file_and_leaves_no_empty_folder(s
     missing = str(err.value).split("Still missing")[1]
     assert first not in missing and all(r.name in missing for r in dead[1:])
     assert [p.name for p in root.iterdir()] == [first]
+
+
+def test_progress_into_a_log_file_is_plain_lines(server, mnist_source, tmp_path, capfd):
+    """stderr not a terminal (pytest's capture): each file's download ends in one line, no
+    carriage-return bar updates."""
+    dl.download_dataset("mnist", tmp_path / "mnist", progress=True)
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    assert sorted(line.split(":")[0] for line in err.splitlines()) == sorted(
+        f"download {p.name}" for p in mnist_source.iterdir())

@@ -216,7 +216,8 @@ def test_progress_into_a_log_file_is_plain_lines_not_bar_updates(tmp_path, capfd
 def test_evaluation_stages_log_plain_lines_when_not_on_a_terminal(capfd, monkeypatch):
     """A stage shorter than LOG_EVERY_S logs one line as it ends; a long one also logs its
     share done and the time left along the way (every line, with the interval at 0)."""
-    from exvae_fast.evaluation import evaluate_elbo, log_likelihood, mode
+    from exvae_fast import progress
+    from exvae_fast.evaluation import evaluate_elbo, log_likelihood
     from exvae_fast.models import build_model
     from exvae_fast.priors import StandardPrior
     model = build_model("vae", StandardPrior(2), (1, 4, 4), 2, "bernoulli")
@@ -226,7 +227,7 @@ def test_evaluation_stages_log_plain_lines_when_not_on_a_terminal(capfd, monkeyp
     assert "\r" not in err
     assert err.splitlines() == [err.splitlines()[0]]
     assert err.startswith("log p(x) (5 points, 3 samples each): done in ")
-    monkeypatch.setattr(mode, "LOG_EVERY_S", 0.0)
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
     log_likelihood(model, x, num_samples=3, max_rows=6, progress=True)  # 2 points a call: 3 calls
     evaluate_elbo(model, x, batch_size=2, progress=True)  # 3 batches
     lines = capfd.readouterr().err.splitlines()

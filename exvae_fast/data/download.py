@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from tqdm.auto import tqdm
-
 from ..atomic_io import atomic_write
+from ..progress import stage_progress
 from .registry import load_dataset
 
 CHUNK = 1 << 20  # bytes read per step of a download
@@ -173,8 +172,7 @@ def _stream(url: str, out: IO[bytes], remote: RemoteFile, progress: bool, timeou
     with urllib.request.urlopen(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
-        with tqdm(total=expected, unit="B", unit_scale=True, desc=remote.name, disable=not progress,
-                  leave=False) as bar:
+        with stage_progress(remote.name, expected, progress, unit="B", label=f"download {remote.name}") as bar:
             for block in iter(lambda: response.read(CHUNK), b""):
                 out.write(block)
                 digest.update(block)

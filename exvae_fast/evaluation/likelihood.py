@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..models.base import LatentVariableModel
 from ..priors.base import check_count
-from .mode import check_data, evaluation_mode, model_device, stage_progress
+from ..progress import stage_progress
+from .mode import check_data, evaluation_mode, model_device
 
 
 def plan_batches(num_points: int, num_samples: int, max_rows: int) -> tuple[int, int]:

@@ -3,16 +3,13 @@ afterwards, and the plumbing shared by every evaluator (argument checks, the mod
 device, batched iteration with an optional progress bar)."""
 from __future__ import annotations
 
-import sys
-import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
-
 from ..models.base import LatentVariableModel
+from ..progress import stage_progress
 
 
 @contextmanager
@@ -62,72 +59,6 @@ def check_data(model: LatentVariableModel, data: Tensor, name: str = "data") -> 
         raise ValueError(f"{name}: expected at least one row, got none")
     if not data.is_floating_point():
         raise TypeError(f"{name}: expected a floating dtype, got {data.dtype}")
-
-
-def show_progress(progress: bool) -> bool:
-    """Whether to draw a progress bar: only when asked for and stderr is a terminal."""
-    return bool(progress) and sys.stderr.isatty()
-
-
-def log_progress(progress: bool) -> bool:
-    """Whether to print plain progress lines instead: asked for, but stderr is not a terminal
-    (a log file would fill with a bar's carriage-return updates)."""
-    return bool(progress) and not sys.stderr.isatty()
-
-
-LOG_EVERY_S = 60.0
-"""Seconds between progress lines in a log file (the first after that long, none for a
-stage that ends sooner)."""
-
-
-class _LineProgress:
-    """`stage_progress`'s reporter for a log file: a line every LOG_EVERY_S seconds with the
-    share done and the time left at the rate so far, and one when the stage ends."""
-
-    def __init__(self, desc: str, total: int, unit: str) -> None:
-        self.desc, self.total, self.unit = desc, total, unit
-        self.done = 0
-        self.start = self.last = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= LOG_EVERY_S and 0 < self.done < self.total:
-            self.last = now
-            elapsed = now - self.start
-            left = elapsed * (self.total - self.done) / self.done
-            self._print(f"{100 * self.done / self.total:.0f}% ({self.done}/{self.total} {self.unit}), "
-                        f"{elapsed:.0f} s so far, about {left:.0f} s left")
-
-    def close(self) -> None:
-        self._print(f"done in {time.perf_counter() - self.start:.1f} s")
-
-    def _print(self, text: str) -> None:
-        print(f"{self.desc}: {text}", file=sys.stderr, flush=True)
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-@contextmanager
-def stage_progress(desc: str, total: int, progress: bool, *, unit: str = "batches",
-                   label: str | None = None) -> Iterator:
-    """Progress of a stage of `total` steps; yields an object whose update(n) counts n done.
-
-    On a terminal a tqdm bar titled `desc`; asked for but stderr not a terminal (a log file,
-    a batch job), plain lines headed `label` (default `desc`) every LOG_EVERY_S seconds and
-    when the stage ends, never a bar's carriage-return updates; nothing when not asked for."""
-    if show_progress(progress):
-        with tqdm(total=total, desc=desc, leave=False) as bar:
-            yield bar
-    elif log_progress(progress):
-        lines = _LineProgress(label or desc, total, unit)
-        yield lines
-        lines.close()
-    else:
-        yield _NoProgress()
 
 
 def iterate_batches(data: Tensor, batch_size: int, device: torch.device, *,

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..data import DataSplits
 from ..environment import environment_record
 from ..evaluation import evaluate_elbo, evaluation_mode
-from ..evaluation.mode import log_progress, show_progress
+from ..progress import log_progress, show_progress
 from ..models import LatentVariableModel
 from ..ops.validation import NonFiniteError
 from ..priors import ExemplarPrior
