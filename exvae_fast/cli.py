@@ -26,7 +26,8 @@ def _train_config(args: argparse.Namespace) -> RunConfig:
         cfg = load_config(args.config) if args.config is not None else RunConfig()
     overrides = list(args.overrides)
     shortcuts = {"train.epochs": args.epochs, "train.device": args.device, "prior.backend": args.backend,
-                 "train.seed": args.seed, "name": args.name, "out_dir": args.out_dir}
+                 "train.seed": args.seed, "train.compile": args.compile, "name": args.name,
+                 "out_dir": args.out_dir}
     overrides += [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     cfg = apply_overrides(cfg, overrides)
     if args.resume is not None and Path(cfg.out_dir) / cfg.name != args.resume:

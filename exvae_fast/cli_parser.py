@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", help="shortcut for --set train.device=D (cpu, cuda, cuda:1)")
     tr.add_argument("--backend", help="ops backend for the whole run: auto, torch, triton, cpp")
     tr.add_argument("--seed", type=int, help="shortcut for --set train.seed=S")
+    tr.add_argument("--compile", action="store_const", const=True,
+                    help="shortcut for --set train.compile=true (torch.compile each training step's forward)")
     tr.add_argument("--seeds", help="train one run per seed, e.g. 0-4 or 0,2,7, named NAME-s<seed> (a run "
                     "already there is resumed, so the same command continues an interrupted sweep), "
                     "then print their table; not under torchrun")

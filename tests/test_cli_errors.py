@@ -35,3 +35,14 @@ def test_a_refused_pickle_is_reported_in_one_line(tmp_path, capsys):
     assert status == 2
     assert "refused global 'os.system'" in one_line_error(capsys, "train")
 
+
+
+def test_train_shortcuts_set_their_config_fields():
+    from exvae_fast.cli import _train_config
+    from exvae_fast.cli_parser import build_parser
+    args = build_parser().parse_args(["train", "--compile", "--epochs", "4", "--seed", "2", "--device", "cpu",
+                                      "--backend", "torch", "--name", "x", "--out-dir", "o"])
+    cfg = _train_config(args)
+    assert (cfg.train.compile, cfg.train.epochs, cfg.train.seed, cfg.train.device, cfg.prior.backend,
+            cfg.name, cfg.out_dir) == (True, 4, 2, "cpu", "torch", "x", "o")
+    assert _train_config(build_parser().parse_args(["train"])).train.compile is False
