@@ -71,15 +71,19 @@ def _train_one(cfg: RunConfig, args: argparse.Namespace, resume: bool) -> Path |
         print(f"trained epochs {first}-{done} ({summary.epochs_trained} in this session) in {summary.seconds:.1f} s; "
               f"best validation ELBO {summary.best_val_elbo:.3f} at epoch {summary.best_epoch}"
               f"{' (early stop)' if summary.stopped_early else ''}; run folder: {summary.run_dir}")
-    if not args.no_eval and (summary.epochs_trained > 0
-                             or not _evaluated(summary.run_dir, summary.best_epoch, cfg.eval.iw_samples)):
+    if args.no_eval:
+        return summary.run_dir
+    if summary.epochs_trained > 0 or not _evaluated(summary.run_dir, summary.best_epoch):
         _print_metrics(evaluate_run(summary.run_dir, progress=not args.no_progress))
+    else:  # an evaluation of the best checkpoint (perhaps with other settings) is kept
+        print(f"metrics.json already evaluates the best checkpoint; kept (exvae evaluate {summary.run_dir} "
+              "re-evaluates it)")
     return summary.run_dir
 
 
-def _evaluated(run_dir: Path, best_epoch: int, iw_samples: int) -> bool:
-    """Whether the run's metrics.json evaluates its current best checkpoint (of best_epoch)
-    with `iw_samples` importance samples (eval.* may change on a resume)."""
+def _evaluated(run_dir: Path, best_epoch: int) -> bool:
+    """Whether the run's metrics.json evaluates its current best checkpoint (of best_epoch),
+    whatever its settings: an `exvae evaluate --iw-samples 5000` is never silently replaced."""
     import json
 
     from .train.run_files import RunFiles
@@ -88,8 +92,7 @@ def _evaluated(run_dir: Path, best_epoch: int, iw_samples: int) -> bool:
         metrics = json.loads(RunFiles(run_dir).final_metrics.read_text())
     except (OSError, ValueError):
         return False
-    return (isinstance(metrics, dict) and metrics.get("epoch") == best_epoch
-            and metrics.get("iw_samples") == iw_samples)
+    return isinstance(metrics, dict) and metrics.get("epoch") == best_epoch
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -207,6 +210,8 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
     if args.per_example < 1:
         raise ValueError(f"--per-example: expected a positive integer, got {args.per_example}")
+    if args.out.suffix.lower() != ".npz":
+        raise ValueError(f"--out: expected a file name ending in .npz (an array data set), got '{args.out}'")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     torch.manual_seed(args.seed)
     images, labels = augment_dataset(model, data.train.to(cfg.train.device), data.train_labels,
@@ -278,6 +283,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool, labels = getattr(data, args.split), getattr(data, f"{args.split}_labels")
     _check_rows(args.n, pool.shape[0], args.split)
+    points = pool.shape[0] if args.n is None else args.n
+    if args.method == "tsne" and not 0 < args.perplexity < points:
+        raise ValueError(f"--perplexity: expected a number in (0, {points}) (below the number of points, --n), "
+                         f"got {args.perplexity}")
     picks, coords = latent_picture(model, pool, labels, args.out, dataset=data.name, run_name=cfg.name,
                                    split=args.split, method=args.method, n=args.n, perplexity=args.perplexity,
                                    seed=args.seed, batch_size=cfg.train.eval_batch_size)

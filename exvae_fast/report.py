@@ -17,6 +17,7 @@ from .generation import exemplar_conditioned_samples, sample_images
 from .models import LatentVariableModel
 from .plots import plot_embedding, plot_training_curves, read_jsonl, save_image_grid
 from .priors import ExemplarPrior
+from .priors.base import check_count
 from .run_summary import summary_markdown
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
@@ -49,7 +50,14 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str | No
         cfg.train.device = device
     check_device(cfg.train.device, "device" if device is not None else
                  "train.device (the run's; load it with device='cpu', --device cpu on the command line)")
-    data = load_data(cfg)
+    try:
+        data = load_data(cfg)
+    except FileNotFoundError as err:
+        if data_root is not None:
+            raise
+        raise FileNotFoundError(f"{err} (data.root {cfg.data.root!r} as the run was trained, relative to the "
+                                "folder it was started in; give the data's location with data_root / "
+                                "--data-root)") from err
     model = build(cfg, data)
     path = files.best_checkpoint if checkpoint == "best" else files.last_checkpoint
     ckpt = load_checkpoint(path, map_location=cfg.train.device)
@@ -70,6 +78,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     `write_pictures`'s PNGs and report.md, the evaluation at a glance. Returns the metrics."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    if iw_samples is not None:  # before any work (the CLI's --iw-samples)
+        check_count(iw_samples, "iw_samples (--iw-samples)")
     start = time.perf_counter()
     files = RunFiles(Path(run_dir))
     cfg, model, data, ckpt = load_trained(run_dir, checkpoint, device, data_root)
@@ -105,10 +115,11 @@ def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = 
     metrics["environment"] = environment_record(cfg.train.device)
     metrics_path = files.metrics_for(split, checkpoint)
     write_json(metrics_path, metrics)
-    if pictures and metrics_path == files.final_metrics:  # the pictures report.md shows are the
-        # best checkpoint's: another split or checkpoint leaves them (and report.md) as they are
-        write_pictures(files, cfg, model, data)
-        atomic_write_text(files.summary, summary_markdown(cfg, metrics, files.root))
+    if metrics_path == files.final_metrics:  # report.md and its pictures are the best checkpoint's
+        # test metrics: another split or checkpoint leaves them as they are
+        if pictures:
+            write_pictures(files, cfg, model, data)
+        atomic_write_text(files.summary, summary_markdown(cfg, metrics, files.root))  # never stale
     return metrics
 
 

@@ -101,6 +101,12 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
         assert "--n: expected at most" in capsys.readouterr().err, argv
     assert main(["augment", str(run_dir), "--per-example", "0", "--out", str(tmp_path / "x.npz")]) == 2
     assert "--per-example: expected a positive integer" in capsys.readouterr().err
+    assert main(["augment", str(run_dir), "--out", str(tmp_path / "x.txt")]) == 2
+    assert main(["evaluate", str(run_dir), "--iw-samples", "0"]) == 2
+    assert "iw_samples (--iw-samples): expected an int >= 1, got 0" in capsys.readouterr().err
+    assert main(["embed", str(run_dir), "--n", "3", "--out", str(tmp_path / "e.png")]) == 2
+    assert "--perplexity: expected a number in (0, 3)" in capsys.readouterr().err
+    assert not (tmp_path / "x.txt").exists() and not (tmp_path / "e.png").exists()
     if not torch.cuda.is_available():  # a CUDA device asked of a machine without one: one line, no traceback
         for argv in (["evaluate", str(run_dir)], ["sample", str(run_dir), "--out", str(tmp_path / "x.png")]):
             assert main([*argv, "--device", "cuda"]) == 2
@@ -155,10 +161,14 @@ def test_resume_continues_from_the_last_epoch(run_dir, capsys):
     assert "nothing to train: the run holds 2 epochs and train.epochs=2 counts all epochs" in capsys.readouterr().out
     assert json.loads((run_dir / "metrics.json").read_text())["epoch"] == best
     assert ((run_dir / "metrics.json").stat().st_ino != kept) == (evaluated != best)
-    # a resume may change eval.*: another importance-sample count is evaluated again
-    assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", *SHORT[4:],
-                 "--set", "eval.iw_samples=6"]) == 0
+    # an evaluation of the best checkpoint with other settings (exvae evaluate --iw-samples)
+    # is kept by a resume with nothing to train, and the output says so
+    assert main(["evaluate", str(run_dir), "--iw-samples", "6", "--no-pictures", "--no-progress"]) == 0
+    assert "(6 importance samples)" in (run_dir / "report.md").read_text()  # report.md never stale
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", *SHORT[4:]]) == 0
     assert json.loads((run_dir / "metrics.json").read_text())["iw_samples"] == 6
+    assert "metrics.json already evaluates the best checkpoint; kept" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("stopped_early, epochs, hint", [
@@ -288,3 +298,17 @@ def test_a_seed_sweep_trains_resumes_and_tabulates(tmp_path, capsys):
     log = (tmp_path / "sweep-s1" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
     assert main([*argv, "--seed", "3"]) == 2
+
+
+def test_a_run_whose_data_is_not_found_names_data_root(run_dir, tmp_path, capsys):
+    """A run trained on a relative data.root, evaluated from another folder: the error says
+    where the run looked and how to point it at the data."""
+    import shutil
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["data"].update(name="array", root="mine.npz")
+    (moved / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", str(moved), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "'mine.npz' not found" in err and "--data-root" in err

@@ -38,6 +38,6 @@ def require_file(root: str | os.PathLike, dataset: str, default_name: str) -> Pa
         path = path / default_name
     if not path.is_file():
         raise FileNotFoundError(
-            f"{dataset}: file {str(path)!r} not found; root must be the path to "
-            f"{default_name} (or a folder holding it)")
+            f"{dataset}: file {str(path)!r} not found; root must be the data file's path, or a "
+            f"folder holding a file named {default_name}")
     return path
