@@ -82,7 +82,7 @@ def check_size(settings: dict, n: int) -> None:
     """Skip a case whose N is above the run's largest N."""
     if settings["max_n"] is not None and n > settings["max_n"]:
         pytest.skip(f"N={n} above the largest N {settings['max_n']} of this run "
-                    "(CPU default; set EXVAE_BENCH_MAX_N or --bench-max-n)")
+                    "(CPU default; set EXVAE_BENCH_MAX_N, pytest --bench-max-n or run_ops.py --max-n)")
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

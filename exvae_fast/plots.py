@@ -9,6 +9,7 @@ import json
 import math
 import numbers
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -199,8 +200,9 @@ def plot_metric_points(panels: dict[str, list[tuple[str, float, float | None]]],
         ax.errorbar([e[1] for e in entries], y, xerr=errors, fmt="o", capsize=3)
         ax.set_yticks(y, [e[0] for e in entries], fontsize="small")
         ax.set_ylim(-0.5, len(entries) - 0.5)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel("\n".join(textwrap.wrap(xlabel, 45)))  # a long metric name fits its panel
         ax.set_title(name)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # wide numbers ("-100.4") must not collide
         ax.grid(True, axis="x", alpha=0.3)
     fig.suptitle(title)
     path = Path(path)
