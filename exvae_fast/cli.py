@@ -165,9 +165,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import evaluate_run
 
+    from .train.run_files import RunFiles
+
     _print_metrics(evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split,
                                 iw_samples=args.iw_samples, device=args.device, data_root=args.data_root,
                                 pictures=not args.no_pictures, progress=not args.no_progress))
+    print(f"wrote {RunFiles(args.run_dir).metrics_for(args.split, args.checkpoint)}")
     return 0
 
 

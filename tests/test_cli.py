@@ -165,6 +165,7 @@ def test_resume_continues_from_the_last_epoch(run_dir, capsys):
     # is kept by a resume with nothing to train, and the output says so
     assert main(["evaluate", str(run_dir), "--iw-samples", "6", "--no-pictures", "--no-progress"]) == 0
     assert "(6 importance samples)" in (run_dir / "report.md").read_text()  # report.md never stale
+    assert f"wrote {run_dir / 'metrics.json'}" in capsys.readouterr().out
     capsys.readouterr()
     assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", *SHORT[4:]]) == 0
     assert json.loads((run_dir / "metrics.json").read_text())["iw_samples"] == 6
