@@ -164,7 +164,6 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .report import evaluate_run
-
     from .train.run_files import RunFiles
 
     _print_metrics(evaluate_run(args.run_dir, checkpoint=args.checkpoint, split=args.split,
@@ -213,8 +212,7 @@ def _cmd_augment(args: argparse.Namespace) -> int:
 
     if args.per_example < 1:
         raise ValueError(f"--per-example: expected a positive integer, got {args.per_example}")
-    if args.out.suffix.lower() != ".npz":
-        raise ValueError(f"--out: expected a file name ending in .npz (an array data set), got '{args.out}'")
+    _check_suffix(args.out, ".npz", "an array data set")
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     torch.manual_seed(args.seed)
     images, labels = augment_dataset(model, data.train.to(cfg.train.device), data.train_labels,
@@ -230,10 +228,14 @@ def _check_split(split: str) -> None:
         raise ValueError(f"--split: expected one of {DATA_SPLITS}, got {split!r}")
 
 
+def _check_suffix(path: Path, suffix: str, written_as: str, flag: str = "--out") -> None:
+    """Refuse an output name whose suffix is not what is written (a .jpg name holding PNG bytes)."""
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{flag}: expected a file name ending in {suffix} ({written_as}), got '{path}'")
+
+
 def _check_png(path: Path, flag: str = "--out") -> None:
-    """Pictures are written as PNG: refuse another suffix (a .jpg name holding PNG bytes)."""
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"{flag}: expected a file name ending in .png (pictures are written as PNG), got '{path}'")
+    _check_suffix(path, ".png", "pictures are written as PNG", flag)
 
 
 def _check_rows(n: int | None, available: int, split: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .atomic_io import atomic_write
-from .data.arrays import image_layout, unit_float_images
+from .data.arrays import CHANNELS, image_layout, unit_float_images
 from .evaluation.mode import check_data, check_model, evaluation_mode, iterate_batches, model_device
 from .models.base import LatentVariableModel
 from .priors.base import check_count
@@ -115,17 +115,13 @@ def _check_labels(labels: Tensor, count: int) -> None:
         raise TypeError(f"labels: expected an integer dtype, got {labels.dtype}")
 
 
-# the `array` reader's channel counts: grey or RGB
-_CHANNELS = (1, 3)
-
-
 def _check_input_shape(input_shape: tuple[int, int, int], dim: int) -> tuple[int, int, int]:
-    """(C, H, W) as ints, or ValueError: three positive sizes, C in _CHANNELS, C*H*W = dim."""
+    """(C, H, W) as ints, or ValueError: three positive sizes, C in CHANNELS, C*H*W = dim."""
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list, torch.Size)) else ()
     if len(shape) != 3 or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
         raise ValueError(f"input_shape: expected three positive integers (C, H, W), got {input_shape!r}")
-    if shape[0] not in _CHANNELS:
-        raise ValueError(f"input_shape: expected C in {_CHANNELS} (grey or colour), got {shape}")
+    if shape[0] not in CHANNELS:
+        raise ValueError(f"input_shape: expected C in {CHANNELS} (grey or colour), got {shape}")
     if shape[0] * shape[1] * shape[2] != dim:
         raise ValueError(f"input_shape: {shape} holds {shape[0] * shape[1] * shape[2]} values per image; "
                          f"the images have D = {dim}")

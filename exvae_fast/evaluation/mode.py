@@ -8,6 +8,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
+
 from ..models.base import LatentVariableModel
 from ..progress import stage_progress
 
