@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from exvae_fast.cli_parser import SEEDS_HELP, SeedsAction
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import tables  # noqa: E402
@@ -48,6 +50,10 @@ PRIORS: dict[str, tuple[str, list[str]]] = {
                                                          "prior.k=1"]),
     "exemplar-retrieval-k3": ("Exemplar retrieval k=3", ["prior.name=exemplar", "prior.mode=retrieval",
                                                          "prior.k=3"]),
+    # Algorithm 1 as printed: each row's own k neighbours rather than the batch's union
+    "exemplar-retrieval-own": ("Exemplar retrieval k=10, own neighbours",
+                               ["prior.name=exemplar", "prior.mode=retrieval", "prior.k=10",
+                                "prior.retrieval_mixture=own"]),
 }
 DEFAULT_PRIORS = ("standard", "vamp500", "exemplar-exact", "exemplar-retrieval")
 
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exvae bench priors", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--priors", default=",".join(DEFAULT_PRIORS), help=f"subset of {','.join(PRIORS)}")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", nargs="+", action=SeedsAction, default=[0], help=f"{SEEDS_HELP} (default 0)")
     p.add_argument("--epochs", type=int, default=400, help="most epochs per run")
     p.add_argument("--warmup-epochs", type=int, default=100, help="KL warm-up (paper: 100)")
     p.add_argument("--patience", type=int, default=50, help="early stopping patience (paper: 50)")

@@ -8,8 +8,12 @@ from torch import Tensor, nn
 
 from .ann import FaissIndex
 from .ops import cache_update_, knn_search, mixture_log_density
+from .ops.errors import blame_non_finite
 from .ops.validation import CACHE_DTYPES, check_index, check_int, check_range, check_shape, check_tensor
 from .progress import stage_progress
+
+NON_FINITE_CACHE = ("cache: the cached means contain NaN/Inf (they were changed around update_, or a state "
+                    "dict holding them was loaded); refresh_() the cache")
 
 
 class LatentCache(nn.Module):
@@ -57,6 +61,7 @@ class LatentCache(nn.Module):
         # rows are never unwritten, so once every row was written a check needs no scan of the
         # stamps (and no accelerator synchronisation) until a state dict is loaded
         self._known_complete = False
+        self._fresh = False  # see is_fresh
 
     @property
     def num_items(self) -> int:
@@ -90,6 +95,7 @@ class LatentCache(nn.Module):
         if self._index is not None:
             # the rows as stored (rounded to the cache dtype, duplicates resolved)
             self._index.update(indices, self.means[indices])
+        self._fresh = False
 
     def refresh_(self, encode: Callable[[Tensor], Tensor], data: Tensor, batch_size: int = 1000,
                  progress: bool = False, backend: str = "auto") -> None:
@@ -118,9 +124,17 @@ class LatentCache(nn.Module):
                         encoded = encode(data[start:stop].to(device))
                         self.update_(torch.arange(start, stop, device=device), encoded, backend)
                         bar.update()
+            self._fresh = True
         finally:
             self._index, self._index_dirty = index, True
         self._ensure_index()
+
+    @property
+    def is_fresh(self) -> bool:
+        """True when the last write was a whole `refresh_` (every row encoded by one model, as
+        evaluation needs), False after a partial `update_` (training steps) or before any
+        write. A loaded state dict counts as fresh: it is taken as it was saved."""
+        return self._fresh
 
     @property
     def index(self) -> FaissIndex | None:
@@ -151,13 +165,15 @@ class LatentCache(nn.Module):
             self._ensure_index()
             return self._index.search(queries, k, candidates=candidates, exclude=exclude,
                                       backend=backend)
-        return knn_search(queries, self.means, k, candidates=candidates, exclude=exclude,
-                          backend=backend)
+        with blame_non_finite("keys", NON_FINITE_CACHE):
+            return knn_search(queries, self.means, k, candidates=candidates, exclude=exclude,
+                              backend=backend)
 
     def mixture_log_density(self, z: Tensor, log_var: Tensor, backend: str = "auto") -> Tensor:
         """[B]: log of the uniform mixture over all N cached means (`ops.mixture_log_density`
         of z [B, d] with shared log-variance log_var, 0-dim); differentiable in z and log_var."""
-        return mixture_log_density(z, self.means, log_var, backend=backend)
+        with blame_non_finite("means", NON_FINITE_CACHE):
+            return mixture_log_density(z, self.means, log_var, backend=backend)
 
     def rows(self, indices: Tensor) -> Tensor:
         """float32 [K, d] copy of the cached means at indices (int64 [K], may repeat)."""
@@ -227,3 +243,4 @@ def _reload_host_step(module: LatentCache, incompatible_keys: object) -> None:
     module._host_step = int(module._step)
     module._index_dirty = True
     module._known_complete = False
+    module._fresh = True

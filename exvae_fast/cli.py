@@ -95,22 +95,6 @@ def _evaluated(run_dir: Path, best_epoch: int) -> bool:
     return isinstance(metrics, dict) and metrics.get("epoch") == best_epoch
 
 
-def parse_seeds(spec: str) -> list[int]:
-    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,7' -> [0, 2, 7]; ValueError naming --seeds otherwise."""
-    try:
-        if "-" in spec:
-            low, high = (int(part) for part in spec.split("-"))
-            seeds = list(range(low, high + 1))
-        else:
-            seeds = [int(part) for part in spec.split(",")]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds: expected distinct seeds >= 0 as FIRST-LAST or a comma-separated list, "
-                         f"got {spec!r}")
-    return seeds
-
-
 def _train_seeds(args: argparse.Namespace) -> int:
     from .run_table import find_runs, markdown_report
     from .train.run_files import RunFiles
@@ -121,7 +105,7 @@ def _train_seeds(args: argparse.Namespace) -> int:
         raise ValueError("--seeds: under torchrun launch one seed per run (--seed S --name NAME-sS)")
     base = _train_config(args)
     folders = []
-    for seed in parse_seeds(args.seeds):
+    for seed in args.seeds:
         cfg = apply_overrides(base, [f"train.seed={seed}", f"name={base.name}-s{seed}"])
         files = RunFiles(Path(cfg.out_dir) / cfg.name)
         resume = not args.overwrite and files.last_checkpoint.is_file()
@@ -201,7 +185,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     else:
         start = torch.rand(args.n, model.input_dim) if args.from_noise else data.train[picks]
         images = iterative_generation(model, start, args.per_row, batch).transpose(0, 1)
-    save_image_grid(images.cpu(), model.input_shape, args.out)
+    save_image_grid(images.cpu(), model.input_shape, args.out, lead_columns=int(args.kind != "unconditional"))
     print(f"wrote {args.out}")
     return 0
 
@@ -259,11 +243,11 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     picks = pick_rows(pool.shape[0], args.n, args.seed)
     queries = pool[picks]
     exclude = picks if args.split == "train" else None
-    keys = encode_means(model, data.train, cfg.train.eval_batch_size)
+    keys = encode_means(model, data.train, cfg.train.eval_batch_size, progress=not args.no_progress)
     sq_dists, indices = nearest_neighbours(model, queries, keys, args.k, exclude=exclude,
                                            batch_size=cfg.train.eval_batch_size)
     images = torch.cat([queries.unsqueeze(1), data.train[indices.cpu()]], dim=1)  # query first
-    save_image_grid(images.cpu(), model.input_shape, args.out)
+    save_image_grid(images.cpu(), model.input_shape, args.out, lead_columns=1)
     if args.json is not None:
         from .train.run_files import write_json
 

@@ -2,10 +2,45 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+from typing import Sequence
 
 SAMPLE_KINDS = ("unconditional", "exemplar", "iterative")
 DATA_SPLITS = ("test", "val", "train")
+SEEDS_HELP = "seeds as a range, a list or both, e.g. 0-4, 0,2,7, 0 1 2 or 0-2,7"
+
+
+def parse_seeds(spec: str | Sequence[str]) -> list[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,7' or ['0', '2', '7'] -> [0, 2, 7]; ranges and lists mix
+    ('0-2,7'). Order kept; ValueError naming --seeds unless every seed is distinct and >= 0."""
+    text = spec if isinstance(spec, str) else " ".join(spec)
+    seeds: list[int] = []
+    for part in (p for p in re.split(r"[,\s]+", text) if p):
+        bounds = re.fullmatch(r"(\d+)-(\d+)", part)
+        if bounds is not None and int(bounds[1]) <= int(bounds[2]):
+            seeds.extend(range(int(bounds[1]), int(bounds[2]) + 1))
+        elif part.isdigit():
+            seeds.append(int(part))
+        else:
+            seeds = []
+            break
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds: expected distinct seeds >= 0 as FIRST-LAST, a list or both "
+                         f"(0-4, 0,2,7, 0 1 2), got {text!r}")
+    return seeds
+
+
+class SeedsAction(argparse.Action):
+    """`--seeds` given as `parse_seeds` reads them (nargs="+"): stores list[int]; a bad list
+    is argparse's usage error (exit status 2)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        try:
+            setattr(namespace, self.dest, parse_seeds(values))  # type: ignore[arg-type]
+        except ValueError as error:
+            parser.error(str(error))
 
 
 def trained_run_parser(sub, name: str, help: str, seeded: bool = True) -> argparse.ArgumentParser:
@@ -45,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, help="shortcut for --set train.seed=S")
     tr.add_argument("--compile", action="store_const", const=True,
                     help="shortcut for --set train.compile=true (torch.compile each training step's forward)")
-    tr.add_argument("--seeds", help="train one run per seed, e.g. 0-4 or 0,2,7, named NAME-s<seed> (a run "
+    tr.add_argument("--seeds", nargs="+", action=SeedsAction, help=f"train one run per seed ({SEEDS_HELP}), named NAME-s<seed> (a run "
                     "already there is resumed, so the same command continues an interrupted sweep), "
                     "then print their table; not under torchrun")
     tr.add_argument("--name", help="run name (folder under out_dir)")
@@ -89,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--out", type=Path, required=True, help="output PNG: each row a query and its k neighbours")
     re_.add_argument("--json", type=Path, help="also write the query indices, neighbour indices (into the "
                      "training split) and squared latent distances to this JSON file")
+    re_.add_argument("--no-progress", action="store_true", help="no progress bar (encoding the training split)")
 
     em = trained_run_parser(sub, "embed", help="2-D picture of the latent space (t-SNE or PCA of the posterior "
                              "means), coloured by label (paper Figure 5)")

@@ -24,6 +24,9 @@ from torch import Tensor
 SEPARATOR = 128
 """Grey level (0..255) of the 1-pixel lines between cells and of empty cells: visible on
 both black-background digits and bright photographs."""
+LEAD_GAP = 4
+"""Extra separator pixels after a grid's lead columns (an exemplar or a query, then its
+samples or neighbours)."""
 
 LOSS_SERIES = (("train_loss", "train loss", 1.0), ("val_elbo", "validation -ELBO", -1.0))
 TERM_SERIES = (("train_kl", "train KL", 1.0), ("train_neg_recon", "train -reconstruction", 1.0),
@@ -32,14 +35,16 @@ TERM_SERIES = (("train_kl", "train KL", 1.0), ("train_neg_recon", "train -recons
 
 
 def save_image_grid(images: Tensor, image_shape: tuple[int, int, int], path: str | os.PathLike,
-                    ncol: int | None = None, scale: int | None = None) -> None:
+                    ncol: int | None = None, scale: int | None = None, lead_columns: int = 0) -> None:
     """Write images as one PNG grid: grey for C=1, RGB for C=3.
 
     images: [N, D] (laid out row by row, ncol columns, default ceil(sqrt(N))) or
     [R, K, D] (R rows of K columns; ncol must then be None or K), values in [0, 1],
     D = C*H*W. scale: integer upscaling factor (default max(1, 64 // max(H, W)), so a
     28x28 digit is drawn at 56x56). Cells are separated by 1-pixel grey lines, with no
-    outer border: the PNG is ncol*W*scale + ncol - 1 pixels wide.
+    outer border: the PNG is ncol*W*scale + ncol - 1 pixels wide. lead_columns (0 <= L < ncol):
+    the first L columns are set apart by LEAD_GAP more separator pixels (when L > 0), e.g. each
+    row's exemplar or query before its samples or neighbours.
     """
     channels, height, width = _check_image_shape(image_shape)
     if not isinstance(images, Tensor) or images.dim() not in (2, 3) or not images.is_floating_point():
@@ -60,6 +65,8 @@ def save_image_grid(images: Tensor, image_shape: tuple[int, int, int], path: str
         ncol = math.ceil(math.sqrt(images.shape[0]))
     elif isinstance(ncol, bool) or not isinstance(ncol, int) or ncol < 1:
         raise ValueError(f"ncol: expected an int >= 1, got {ncol!r}")
+    if isinstance(lead_columns, bool) or not isinstance(lead_columns, int) or not 0 <= lead_columns < ncol:
+        raise ValueError(f"lead_columns: expected an int in [0, ncol={ncol}), got {lead_columns!r}")
     if scale is None:
         scale = max(1, 64 // max(height, width))
     elif isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
@@ -70,9 +77,11 @@ def save_image_grid(images: Tensor, image_shape: tuple[int, int, int], path: str
     pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
     cell_h, cell_w = height * scale, width * scale
     nrow = math.ceil(pixels.shape[0] / ncol)
-    canvas = np.full((nrow * (cell_h + 1) - 1, ncol * (cell_w + 1) - 1, channels), SEPARATOR, dtype=np.uint8)
+    gap = LEAD_GAP if lead_columns else 0
+    canvas = np.full((nrow * (cell_h + 1) - 1, ncol * (cell_w + 1) - 1 + gap, channels), SEPARATOR, dtype=np.uint8)
     for i, cell in enumerate(pixels):
-        top, left = (i // ncol) * (cell_h + 1), (i % ncol) * (cell_w + 1)
+        column = i % ncol
+        top, left = (i // ncol) * (cell_h + 1), column * (cell_w + 1) + (gap if column >= lead_columns else 0)
         canvas[top:top + cell_h, left:left + cell_w] = cell
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from .train.run_files import RunFiles, write_json
 
 CHECKPOINTS = ("best", "last")
 SPLITS = ("test", "val")
-EXEMPLAR_ROWS = 10  # exemplars shown in the exemplar-conditioned grid, each with 10 samples
+EXEMPLAR_ROWS = 10  # exemplars shown in the exemplar-conditioned grid
+EXEMPLAR_SAMPLES = 11  # samples beside each exemplar (the paper's Figure 2 plates: 1 + 11)
 GAP_KS = (1, 5, 10, 50)  # neighbour counts of the retrieval gap (plus the prior's own k)
 KNN_KS = (1, 3, 5, 10)  # neighbour counts of the latent kNN classification (labelled data sets)
 GAP_TRAIN_ROWS = 2000  # training rows (evenly spaced, each leaving itself out) it is measured on
@@ -180,9 +181,9 @@ def write_pictures(files: RunFiles, cfg: RunConfig, model: LatentVariableModel, 
     rows = min(EXEMPLAR_ROWS, data.train.shape[0])
     picks = torch.linspace(0, data.train.shape[0] - 1, rows).long()
     exemplars = data.train[picks].cpu()  # batches go to the model's device; samples come back on the CPU
-    conditioned = exemplar_conditioned_samples(model, exemplars, EXEMPLAR_ROWS)  # [E, n, D]
+    conditioned = exemplar_conditioned_samples(model, exemplars, EXEMPLAR_SAMPLES)  # [E, n, D]
     grid = torch.cat([exemplars.unsqueeze(1), conditioned], dim=1)  # exemplar first in each row
-    save_image_grid(grid.cpu(), shape, files.exemplar_samples)
+    save_image_grid(grid.cpu(), shape, files.exemplar_samples, lead_columns=1)
     if data.test_labels is not None:
         points = min(LATENT_POINTS, data.test.shape[0])
         method = automatic_latent_method(points)

@@ -224,9 +224,12 @@ def test_bench_ops_runs_one_case_through_pytest_benchmark(tmp_path):
 
 def test_prior_and_augment_studies_train_evaluate_resume_and_tabulate(tmp_path, capsys):
     out = tmp_path / "study.json"
-    argv = ["bench", "priors", "--priors", "standard,exemplar-retrieval", "--seeds", "0", "1",
+    argv = ["bench", "priors", "--priors", "standard,exemplar-retrieval", "--seeds", "0-1",
             "--epochs", "1", "--warmup-epochs", "1", "--steps-per-epoch", "2", "--iw-samples", "3",
             "--threads", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(out), "--no-progress"]
+    with pytest.raises(SystemExit):  # argparse's usage error, before any training
+        cli.main([*argv[:5], "0,0", *argv[6:]])
+    assert "--seeds: expected distinct seeds" in capsys.readouterr().err
     assert cli.main(argv) == 0
     doc = json.loads(out.read_text())
     assert doc["kind"] == "prior_study" and doc["device"]["type"] == "cpu"
@@ -245,7 +248,7 @@ def test_prior_and_augment_studies_train_evaluate_resume_and_tabulate(tmp_path, 
     assert "| Exemplar retrieval k=10 |" in printed and " ± " in printed and "1 (1), 1 (1)" in printed
 
     # A second call resumes the finished runs (no further epochs) and evaluates them again.
-    assert cli.main([*argv[:6], *argv[7:]]) == 0  # seed 0 only
+    assert cli.main([*argv[:5], "0", *argv[6:]]) == 0  # seed 0 only
     again = json.loads(out.read_text())
     assert [r["resumed"] for r in again["results"]] == [True, True]
     assert [r["epochs"] for r in again["results"]] == [1, 1]

@@ -14,6 +14,7 @@ from PIL import Image
 
 from exvae_fast.cli import main
 from exvae_fast.data import load_dataset
+from exvae_fast.plots import LEAD_GAP
 
 LATENT_METHOD = "tsne" if importlib.util.find_spec("sklearn") else "pca"  # scikit-learn: the test extras
 SHORT = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=4", "--set", "eval.iw_samples=8",
@@ -52,7 +53,8 @@ def test_train_writes_the_run_folder(run_dir):
         assert all(0 < a <= b <= 1 for a, b in zip(masses, masses[1:])), masses
         assert all(gap[rows][str(k)]["mean"] >= 0 for k in gap["ks"])
     with Image.open(run_dir / "exemplar_samples.png") as img:
-        assert img.width > img.height > 0  # 10 rows of exemplar + 10 samples
+        # 10 rows of an exemplar, set apart, then 11 samples (the paper's Figure 2 plates); 56-pixel cells
+        assert img.size == (12 * 57 - 1 + LEAD_GAP, 10 * 57 - 1)
 
 
 def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
@@ -77,13 +79,15 @@ def test_evaluate_sample_augment(run_dir, tmp_path, capsys):
         out = tmp_path / f"{kind}.png"
         assert main(["sample", str(run_dir), "--kind", kind, "--n", "3", "--per-row", "4", "--out", str(out),
                      *extra]) == 0
-        assert out.is_file()
+        with Image.open(out) as img:  # the exemplar (or a chain's start) is set apart before 4 images
+            lead = kind != "unconditional"
+            assert img.size == ((4 + lead) * 57 - 1 + LEAD_GAP * lead, 3 * 57 - 1)
     for split in ("train", "test"):
         out, found = tmp_path / f"retrieved-{split}.png", tmp_path / f"retrieved-{split}.json"
         assert main(["retrieve", str(run_dir), "--split", split, "--n", "3", "--k", "4", "--out", str(out),
-                     "--json", str(found)]) == 0
-        with Image.open(out) as img:  # 3 rows of a query and 4 neighbours, 56-pixel cells, 1-pixel lines
-            assert img.size == (5 * 56 + 4, 3 * 56 + 2)
+                     "--json", str(found), "--no-progress"]) == 0
+        with Image.open(out) as img:  # 3 rows of a query, set apart, and 4 neighbours; 56-pixel cells
+            assert img.size == (5 * 57 - 1 + LEAD_GAP, 3 * 57 - 1)
         result = json.loads(found.read_text())
         assert result["split"] == split and len(result["queries"]) == 3
         assert [len(row) for row in result["neighbours"]] == [4, 4, 4]
@@ -279,14 +283,18 @@ def test_the_whole_command_line_on_cuda(tmp_path, capsys):
 
 
 def test_a_seed_sweep_trains_resumes_and_tabulates(tmp_path, capsys):
-    from exvae_fast.cli import parse_seeds
+    from exvae_fast.cli_parser import parse_seeds
 
     assert parse_seeds("0-2") == [0, 1, 2] and parse_seeds("3,1") == [3, 1]
-    for bad in ("", "a", "2-1", "1,1", "-1"):
+    assert parse_seeds(["0", "2"]) == [0, 2] and parse_seeds(["0-1,5", "7"]) == [0, 1, 5, 7]
+    for bad in ("", "a", "2-1", "1,1", "-1", "0-2,1", "1.5", ["0", "0"]):
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error, before any training
+        main(["train", "--seeds", "2-1", "--out-dir", str(tmp_path)])
+    assert exit_.value.code == 2 and "--seeds: expected distinct seeds" in capsys.readouterr().err
     argv = ["train", "--config", "configs/mnist-5k-demo.toml", "--set", "prior.name=standard", "--name", "sweep",
-            "--out-dir", str(tmp_path), "--seeds", "0,1", "--set", "eval.num_sample_images=4", *SHORT]
+            "--out-dir", str(tmp_path), "--seeds", "0", "1", "--set", "eval.num_sample_images=4", *SHORT]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "seed 0: training" in printed and "seed 1: training" in printed

@@ -165,6 +165,7 @@ def test_bool_override_spellings(text, value):
         ("prior.name=flow", r"prior\.name: expected one of 'standard', 'mog', 'vamp', 'exemplar'"),
         ("prior.backend=cuda", r"prior\.backend: expected one of 'auto', 'torch', 'triton', 'cpp'"),
         ("prior.init_log_var=inf", r"prior\.init_log_var: expected a finite number"),
+        ("prior.retrieval_mixture=all", r"prior\.retrieval_mixture: expected one of 'union', 'own'"),
         ("name=a/b", r"name: expected a non-empty name without path separators"),
         ("out_dir=", r"out_dir: expected a non-empty path"),
     ],
@@ -189,6 +190,21 @@ def test_exemplar_subsample_settings_that_leave_every_row_components():
     for items in (["prior.num_exemplars=11"], ["prior.num_exemplars=10", "prior.leave_one_out=false"],
                   ["prior.num_exemplars=2", "prior.mode=exact"], ["prior.num_exemplars=1", "prior.name=standard"]):
         apply_overrides(RunConfig(), items)
+
+
+def test_own_neighbour_mixtures_need_the_exemplar_retrieval_mode():
+    from exvae_fast.priors.exemplar import RETRIEVAL_MIXTURES
+    from exvae_fast.train import config
+
+    assert config.RETRIEVAL_MIXTURES == RETRIEVAL_MIXTURES
+    cfg = apply_overrides(RunConfig(), ["prior.retrieval_mixture=own"])
+    from exvae_fast.train.builder import build_prior, load_data
+
+    assert build_prior(cfg, load_data(cfg)).retrieval_mixture == "own"
+    for other in ("prior.mode=exact", "prior.name=vamp"):
+        with pytest.raises(ConfigError, match=r"prior\.retrieval_mixture: 'own' applies to the exemplar prior's "
+                                              r"retrieval mode only"):
+            apply_overrides(RunConfig(), ["prior.retrieval_mixture=own", other])
 
 
 def test_components_per_step_must_not_exceed_num_components():

@@ -114,6 +114,12 @@ def test_non_finite_data_raises_the_non_finite_error():
     with pytest.raises(NonFiniteError, match="means contains NaN/Inf") as err:
         checks.verify()
     assert isinstance(err.value, ValueError)  # callers catching ValueError still do
+    assert err.value.argument == "means"  # callers may name what they passed (a cache, an encoder's output)
+    from exvae_fast.ops.validation import check_finite
+
+    with pytest.raises(NonFiniteError) as err:
+        check_finite(torch.tensor([float("nan")]), "keys")
+    assert err.value.argument == "keys"
 
 
 @pytest.mark.parametrize("mode, most", [("retrieval", 5), ("exact", 4)])

@@ -9,6 +9,7 @@ import inspect
 import math
 import re
 import shlex
+import warnings
 from pathlib import Path
 
 import pytest
@@ -187,10 +188,13 @@ def test_own_model_recipe_runs():
 
     namespace = {"torch": torch, "ex": ex, "train_x": torch.rand(40, 12), "d": 3, "my_vae": my_vae, "epochs": 2,
                  "batches": [torch.arange(0, 20), torch.arange(20, 40)], "my_log_px": my_log_px,
-                 "my_log_q": my_log_q}
-    exec(compile(using_the_library()[1], "README.md", "exec"), namespace)
+                 "my_log_q": my_log_q, "test_x": torch.rand(5, 12)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the recipe refreshes the cache before scoring: no staleness warning
+        exec(compile(using_the_library()[1], "README.md", "exec"), namespace)
     prior = namespace["prior"]
     assert prior.cache.step == 4 and not prior.training and math.isfinite(float(namespace["loss"].detach()))
+    assert namespace["log_r_test"].shape == (5,) and torch.isfinite(namespace["log_r_test"]).all()
 
 
 def test_trained_run_snippet_runs(tmp_path, monkeypatch):

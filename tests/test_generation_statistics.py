@@ -20,7 +20,8 @@ class IdentityModel(LatentVariableModel):
 
     def __init__(self, prior: ExemplarPrior) -> None:
         super().__init__(prior)
-        self.configure((1, 1, LATENT), LATENT, "bernoulli")
+        # not a pixel likelihood: the "images" are points in R^2, far apart next to sigma
+        self.input_shape, self.latent_dim, self.likelihood = (1, 1, LATENT), LATENT, "identity"
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:

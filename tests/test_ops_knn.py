@@ -240,6 +240,7 @@ def good_args():
      r"k: expected k <= 2 \(the number of candidates\), got k=3"),
     (dict(k=2, candidates=torch.tensor([0, 4]), exclude=torch.tensor([1, -1, 4])), ValueError,
      "k: row 2 can search only 1 candidates"),
+    (dict(candidates=torch.zeros(0, dtype=torch.int64)), ValueError, "candidates: expected at least one key index"),
     (dict(candidates=torch.tensor([0.0, 1.0])), TypeError, "candidates: expected dtype int64"),
     (dict(candidates=torch.tensor([[0, 1]])), ValueError, r"candidates: expected shape \[M\]"),
     (dict(candidates=torch.tensor([0, 6])), ValueError, r"candidates: indices must lie in \[0, 6\)"),

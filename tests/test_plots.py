@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from exvae_fast.plots import SEPARATOR, plot_training_curves, read_jsonl, save_image_grid
+from exvae_fast.plots import LEAD_GAP, SEPARATOR, plot_training_curves, read_jsonl, save_image_grid
 
 
 def test_grey_grid_size_and_pixels(tmp_path):
@@ -45,6 +45,19 @@ def test_rgb_grid_rows_columns_and_channel_order(tmp_path):
     np.testing.assert_array_equal(cell, expected)
 
 
+def test_grid_sets_lead_columns_apart(tmp_path):
+    images = torch.stack([torch.ones(2, 4), torch.zeros(2, 4), torch.full((2, 4), 0.5)], dim=1)  # [R=2, K=3, D]
+    path = tmp_path / "lead.png"
+    save_image_grid(images, (1, 2, 2), path, scale=1, lead_columns=1)
+    with Image.open(path) as im:
+        px = np.asarray(im)
+    assert px.shape == (2 * 2 + 1, 3 * 2 + 2 + LEAD_GAP)
+    assert (px[:2, :2] == 255).all() and (px[3:, :2] == 255).all()   # the lead column, unmoved
+    assert (px[:, 2:3 + LEAD_GAP] == SEPARATOR).all()                 # 1 + LEAD_GAP pixels after it
+    assert (px[:2, 3 + LEAD_GAP:5 + LEAD_GAP] == 0).all()             # the other columns shifted right
+    assert (px[:2, 6 + LEAD_GAP:] == 128).all() and (px[:, 5 + LEAD_GAP] == SEPARATOR).all()
+
+
 def test_grid_default_scale_and_ncol(tmp_path):
     path = tmp_path / "big.png"
     save_image_grid(torch.ones(4, 3 * 64 * 64), (3, 64, 64), path, ncol=4)
@@ -58,6 +71,8 @@ def test_grid_default_scale_and_ncol(tmp_path):
     (torch.zeros(2, 3, 4), (1, 2, 2), {"ncol": 2}, "ncol"),
     (torch.zeros(2, 8), (2, 2, 2), {}, "C = 1"),
     (torch.zeros(2, 4), (1, 2, 2), {"scale": 0}, "scale"),
+    (torch.zeros(2, 4), (1, 2, 2), {"ncol": 2, "lead_columns": 2}, "lead_columns"),
+    (torch.zeros(2, 4), (1, 2, 2), {"lead_columns": -1}, "lead_columns"),
 ])
 def test_grid_rejects_bad_arguments(tmp_path, images, shape, kwargs, match):
     with pytest.raises(ValueError, match=match):

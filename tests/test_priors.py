@@ -94,6 +94,16 @@ def test_vamp_prior_is_mixture_of_pseudo_input_posteriors():
         prior.log_prob(z)
 
 
+def test_vamp_prior_takes_init_pseudo_inputs_and_names_a_bad_one():
+    init = torch.rand(5, D)
+    torch.testing.assert_close(VampPrior(d, D, num_components=5, init=init).pseudo_inputs, init)
+    for bad, error, match in ((init.tolist(), TypeError, "init: expected a floating tensor .5, 12., got list"),
+                              (init.long(), TypeError, "init: .* got torch.int64"),
+                              (init[:4], ValueError, r"init: expected shape \[5, 12\]")):
+        with pytest.raises(error, match=match):
+            VampPrior(d, D, num_components=5, init=bad)
+
+
 def test_vamp_prior_subsampling_encodes_only_the_drawn_components():
     encoder = LinearEncoder()
     prior = VampPrior(d, D, num_components=50, components_per_step=7).train()
@@ -164,9 +174,13 @@ def test_exemplar_exact_subsamples_m_exemplars_per_step(monkeypatch):
     assert not torch.equal(drawn[0], drawn[1]) and log_r2.shape == (2,)
 
 
-def test_exemplar_retrieval_equals_exact_mixture_over_retrieved_set(monkeypatch):
+@pytest.mark.parametrize("retrieval_mixture", ["union", "own"])
+def test_exemplar_retrieval_equals_exact_mixture_over_retrieved_set(monkeypatch, retrieval_mixture):
+    """Row b's mixture: the union of every row's neighbours less b's own exemplar ("union"), or
+    b's own k neighbours ("own"); divided by M (M - 1 when b's exemplar is in pi)."""
     n, m, k = 40, 25, 4
-    exemplars, encoder, prior = _exemplar_setup(n=n, mode="retrieval", num_exemplars=m, k=k)
+    exemplars, encoder, prior = _exemplar_setup(n=n, mode="retrieval", num_exemplars=m, k=k,
+                                                retrieval_mixture=retrieval_mixture)
     drawn = _record_subsets(prior, monkeypatch)
     prior.train()
     idx = torch.tensor([3, 17, 30, 8])
@@ -180,17 +194,18 @@ def test_exemplar_retrieval_equals_exact_mixture_over_retrieved_set(monkeypatch)
     # searched (the batch's own means were written first).
     cache = encoder(exemplars)[0].detach().double()
     cache[idx] = query.double()
-    neighbours = set()
+    own = []
     for b, i in enumerate(idx.tolist()):
         cands = [j for j in subset.tolist() if j != i]
         dist = sorted(((cache[j] - query[b].double()).pow(2).sum().item(), j) for j in cands)
-        neighbours.update(j for _, j in dist[:k])
-    union = sorted(neighbours)
+        own.append([j for _, j in dist[:k]])
+    union = sorted(set().union(*own))
     assert encoder.rows_encoded[0] == len(union)  # only the neighbours were re-encoded
     means = encoder(exemplars[union])[0].detach()
     var = torch.full((d,), math.exp(-0.5))
     for b, i in enumerate(idx.tolist()):
-        keep = [p for p, j in enumerate(union) if j != i]
+        keep = [p for p, j in enumerate(union) if (j != i if retrieval_mixture == "union" else j in own[b])]
+        assert len(keep) == (k if retrieval_mixture == "own" else len(union) - int(i in union))
         total = m - int(i in subset.tolist())
         expected = lse(log_gauss(z[b], means[keep], var), 0) - math.log(total)
         torch.testing.assert_close(log_r[b].double(), expected, rtol=1e-5, atol=1e-5)
@@ -199,8 +214,24 @@ def test_exemplar_retrieval_equals_exact_mixture_over_retrieved_set(monkeypatch)
     torch.testing.assert_close(prior.cache.means[idx], query)
 
 
-def test_exemplar_retrieval_gradients_reach_encoder_and_log_var():
-    exemplars, encoder, prior = _exemplar_setup(n=30, mode="retrieval", num_exemplars=15, k=3)
+def test_own_neighbours_equal_the_union_for_a_single_row():
+    results = []
+    for retrieval_mixture in ("union", "own"):
+        exemplars, encoder, prior = _exemplar_setup(n=30, mode="retrieval", num_exemplars=15, k=3,
+                                                    retrieval_mixture=retrieval_mixture)
+        torch.manual_seed(1)  # the same subset pi for both
+        mu = encoder(exemplars[[4]])[0]
+        log_r = prior.train().log_prob(mu + 0.1, encoder=encoder, query=mu, indices=torch.tensor([4]))
+        log_r.sum().backward()
+        results.append((log_r.detach(), prior.log_var.grad, encoder.lin.weight.grad))
+    for union, own in zip(*results):
+        torch.testing.assert_close(own, union, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("retrieval_mixture", ["union", "own"])
+def test_exemplar_retrieval_gradients_reach_encoder_and_log_var(retrieval_mixture):
+    exemplars, encoder, prior = _exemplar_setup(n=30, mode="retrieval", num_exemplars=15, k=3,
+                                                retrieval_mixture=retrieval_mixture)
     prior.train()
     idx = torch.tensor([0, 1, 2])
     mu = encoder(exemplars[idx])[0]
@@ -233,6 +264,8 @@ def test_exemplar_prior_needs_a_filled_cache():
     ({"k": 10, "num_exemplars": 10}, "k: expected at most 9"),
     ({"num_exemplars": 11}, "num_exemplars"),
     ({"k": 0}, "k"),
+    ({"retrieval_mixture": "all"}, r"retrieval_mixture: expected one of \('union', 'own'\)"),
+    ({"retrieval_mixture": "own", "mode": "exact"}, "retrieval_mixture: 'own' needs mode='retrieval'"),
 ])
 def test_exemplar_prior_rejects_bad_settings(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -264,6 +297,80 @@ def test_run_wide_backend_maps_to_each_op():
     assert {backend_for(op, "torch") for op in ("mixture_log_density", "knn_search", "cache_update_")} == {"torch"}
     with pytest.raises(ValueError, match="backend"):
         ExemplarPrior(torch.rand(10, D), d, k=2, backend="cuda")
+
+
+def test_backend_may_change_between_steps_and_cache_dtype_is_read_only(monkeypatch):
+    from exvae_fast import ops
+
+    exemplars, encoder, prior = _exemplar_setup(n=10, mode="exact", num_exemplars=6)
+    used = []
+
+    def recording(*args, backend, **kwargs):
+        used.append(backend)
+        return original(*args, backend="torch", **kwargs)
+
+    original = ops.mixture_log_density
+    monkeypatch.setattr(ops, "mixture_log_density", recording)
+    z, idx = torch.randn(2, d), torch.tensor([0, 1])
+    for backend in ("torch", "triton", "cpp"):  # cpp has no mixture kernel: "auto"
+        prior.backend = backend
+        prior.train().log_prob(z, encoder=encoder, indices=idx)
+    assert used == ["torch", "triton", "auto"] and "backend='cpp'" in repr(prior)
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        prior.backend = "bogus"
+    assert prior.backend == "cpp"  # a refused setting changes nothing
+    assert prior.cache_dtype == torch.float32
+    with pytest.raises(AttributeError):
+        prior.cache_dtype = torch.bfloat16
+
+
+@pytest.mark.parametrize("mode", ["exact", "retrieval"])
+def test_eval_after_training_steps_without_a_refresh_warns(mode):
+    import warnings
+
+    exemplars, encoder, prior = _exemplar_setup(n=10, mode=mode, num_exemplars=8, k=2)
+    z, idx = torch.randn(2, d), torch.tensor([0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prior.eval().log_prob(z)  # refreshed: silent
+        assert prior.cache.is_fresh
+    prior.train().log_prob(z, encoder=encoder, query=encoder(exemplars[idx])[0], indices=idx)
+    assert not prior.cache.is_fresh
+    with pytest.warns(UserWarning, match=r"since its last refresh .* call prior.refresh\(encoder\)"):
+        prior.eval().log_prob(z)
+    clone = ExemplarPrior(exemplars, d, mode=mode, num_exemplars=8, k=2)
+    clone.load_state_dict(prior.state_dict())  # a loaded cache is taken as saved
+    assert clone.cache.is_fresh
+    prior.refresh(encoder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prior.eval().log_prob(z)
+
+
+def test_non_finite_values_name_the_cache_or_the_encoder():
+    from exvae_fast.ops import NonFiniteError
+
+    def nan_encoder(x):
+        mu = encoder(x)[0]
+        return mu * float("nan"), mu
+
+    for mode in ("exact", "retrieval"):
+        exemplars, encoder, prior = _exemplar_setup(n=10, mode=mode, num_exemplars=8, k=2)
+        z, idx = torch.randn(2, d), torch.tensor([0, 1])
+        with pytest.raises(NonFiniteError, match="^encoder: returned NaN/Inf means"):
+            prior.train().log_prob(z, encoder=nan_encoder, query=z, indices=idx)
+        with pytest.raises(NonFiniteError, match="^encoder: returned NaN/Inf means"):
+            prior.refresh(nan_encoder)
+        prior.refresh(encoder)
+        with torch.no_grad():
+            prior.cache.means[5] = float("nan")  # changed behind update_'s back
+        with pytest.raises(NonFiniteError, match="^cache: the cached means contain NaN/Inf"):
+            prior.eval().log_prob(z)
+        with pytest.raises(NonFiniteError, match="^cache: the cached means contain NaN/Inf"):
+            prior.sample(200)  # draws row 5 but with probability 0.9^200
+        if mode == "retrieval":
+            with pytest.raises(NonFiniteError, match="^cache: the cached means contain NaN/Inf"):
+                prior.train().log_prob(z, encoder=encoder, query=z, indices=idx)
 
 
 @pytest.mark.parametrize("mode", ["exact", "retrieval"])

@@ -231,9 +231,10 @@ def test_prior_row_names(tmp_path):
                              "prior.components_per_step=200"], metrics_of(-90.0))
     make_run(tmp_path, "b", ["model.name=hvae", "prior.name=mog"], metrics_of(-91.0))
     make_run(tmp_path, "c", ["model.name=hvae", "prior.name=exemplar", "prior.mode=exact"], metrics_of(-89.0))
+    make_run(tmp_path, "d", ["prior.name=exemplar", "prior.retrieval_mixture=own", "prior.k=5"], metrics_of(-92.0))
     labels = [e.label for e in group_experiments(find_runs([tmp_path]))]
     assert labels == ["ConvHVAE w/ VampPrior (1000, 200 per step)", "HVAE w/ mixture of Gaussians prior (500)",
-                      "Exemplar HVAE (exact)"]
+                      "Exemplar HVAE (exact)", "Exemplar VAE (retrieval, k=5, own neighbours)"]
 
 
 def test_bad_input_names_the_problem(tmp_path):

@@ -163,6 +163,11 @@ class ShardedLatentCache(nn.Module):
                              f"item), got {list(data.shape)}")
         self.local.refresh_(encode, data[self.start:self.stop], batch_size, progress, backend)
 
+    @property
+    def is_fresh(self) -> bool:
+        """`LatentCache.is_fresh` of this rank's shard."""
+        return self.local.is_fresh
+
     def load_full_(self, cache: LatentCache) -> None:
         """Take this shard's rows of a full cache (means, norms, stamps) and its step."""
         if not isinstance(cache, LatentCache):

@@ -3,13 +3,14 @@ afterwards, and the plumbing shared by every evaluator (argument checks, the mod
 device, batched iteration with an optional progress bar)."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from ..models.base import LatentVariableModel
+from ..models.base import LIKELIHOODS, LatentVariableModel
 from ..progress import stage_progress
 
 
@@ -46,7 +47,9 @@ def check_model(model: LatentVariableModel) -> None:
 
 
 def check_data(model: LatentVariableModel, data: Tensor, name: str = "data") -> None:
-    """Raise a clear error unless data is a floating [N, model.input_dim] tensor, N >= 1.
+    """Raise a clear error unless data is a floating [N, model.input_dim] tensor, N >= 1,
+    without NaN/Inf, and of pixel values in [0, 1] for the library's pixel likelihoods
+    (Bernoulli, discretised logistic); one pass over the data.
 
     The data may live on any device: evaluators move one batch at a time to the model.
     """
@@ -60,6 +63,12 @@ def check_data(model: LatentVariableModel, data: Tensor, name: str = "data") -> 
         raise ValueError(f"{name}: expected at least one row, got none")
     if not data.is_floating_point():
         raise TypeError(f"{name}: expected a floating dtype, got {data.dtype}")
+    low, high = (float(v) for v in torch.aminmax(data))
+    if not math.isfinite(low) or not math.isfinite(high):
+        raise ValueError(f"{name}: contains NaN/Inf")
+    if model.likelihood in LIKELIHOODS and not 0 <= low <= high <= 1:
+        raise ValueError(f"{name}: expected pixel values in [0, 1] (images in 0..255 divided by 255), "
+                         f"got values in [{low:g}, {high:g}]")
 
 
 def iterate_batches(data: Tensor, batch_size: int, device: torch.device, *,

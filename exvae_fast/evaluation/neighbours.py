@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..models.base import LatentVariableModel
 from ..ops import knn_search
-from ..ops.validation import check_index, check_shape
+from ..ops.validation import check_float, check_index, check_shape
 from ..priors.base import check_count
 from .mode import check_data, evaluation_mode, iterate_batches, model_device
 
@@ -44,6 +44,11 @@ def nearest_neighbours(model: LatentVariableModel, queries: Tensor, key_means: T
     [Q, k]), nearest first, on the model's device. exclude: int64 [Q], a key each query skips
     (its own index when the queries are training images), -1 for none."""
     check_data(model, queries, "queries")
+    check_float(key_means, "key_means")  # named here: knn_search would call it keys
+    check_shape(key_means, "key_means", ("N", model.latent_dim), "the model's latent_dim")
+    check_count(k, "k")
+    if k > key_means.shape[0]:
+        raise ValueError(f"k: expected at most {key_means.shape[0]} (the rows of key_means), got {k}")
     if exclude is not None:  # checked whole here: each batch below sees only its slice
         check_index(exclude, "exclude")
         check_shape(exclude, "exclude", (queries.shape[0],), "one key index per query")

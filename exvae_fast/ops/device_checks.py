@@ -30,17 +30,18 @@ class DeviceChecks:
 
     def __init__(self) -> None:
         self._values: list[Tensor] = []
-        self._rules: list[tuple[int, int, Message, type[ValueError]]] = []
+        self._rules: list[tuple[int, int, Message, Callable[[str], ValueError]]] = []
 
-    def _add(self, values: list[Tensor], message: Message, error: type[ValueError] = ValueError) -> None:
+    def _add(self, values: list[Tensor], message: Message,
+             error: Callable[[str], ValueError] = ValueError) -> None:
         start = len(self._values)
         self._values += [v.reshape(()).to(torch.int64) for v in values]
         self._rules.append((start, len(self._values), message, error))
 
     def finite(self, x: Tensor, name: str) -> None:
-        """x holds no NaN or infinity (else NonFiniteError)."""
+        """x holds no NaN or infinity (else NonFiniteError naming it)."""
         self._add([torch.isfinite(x).all()], lambda v: None if v[0] else f"{name} contains NaN/Inf",
-                  NonFiniteError)
+                  lambda message: NonFiniteError(message, argument=name))
 
     def in_range(self, x: Tensor, name: str, size: int, *, allow_none: bool = False) -> None:
         """Every entry of the index tensor x lies in [0, size) (or is -1 with allow_none)."""
@@ -84,7 +85,7 @@ class DeviceChecks:
         if not self._values:
             return
         host = torch.stack(self._values).tolist()
-        for start, stop, message, error_type in self._rules:
+        for start, stop, message, make_error in self._rules:
             error = message(host[start:stop])
             if error is not None:
-                raise error_type(error)
+                raise make_error(error)

@@ -87,7 +87,7 @@ def check_same_device(**tensors: Tensor | None) -> None:
 def check_finite(x: Tensor, name: str) -> None:
     """NonFiniteError (a ValueError) if x holds a NaN or an infinity."""
     if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError(f"{name} contains NaN/Inf")
+        raise NonFiniteError(f"{name} contains NaN/Inf", argument=name)
 
 
 def check_range(x: Tensor, name: str, size: int, *, allow_none: bool = False) -> None:
@@ -229,6 +229,8 @@ def _check_searchable(checks: DeviceChecks, k: int, size: int, candidates: Tenso
     runs `checks` (one read of every verdict)."""
     pool = size if candidates is None else candidates.numel()
     what = "keys" if candidates is None else "candidates"
+    if pool == 0:
+        raise ValueError("candidates: expected at least one key index (None searches every key), got none")
     if k > pool:
         raise ValueError(f"k: expected k <= {pool} (the number of {what}), got k={k}")
     if candidates is not None:

@@ -9,8 +9,10 @@ itself (leave-one-out). Two training modes:
 - "exact": encode all M exemplars of pi with gradient and use the full mixture.
 - "retrieval" (Algorithm 1): find the k nearest cached means of each posterior mean
   among pi (self excluded), re-encode only the union U of those neighbours with
-  gradient, and approximate r(z_b) by 1/M sum_{j in U, j != i_b} N(z_b | mu_j, sigma^2 I);
-  fresh means are written back to the cache.
+  gradient, and approximate r(z_b) by 1/M sum_{j in U, j != i_b} N(z_b | mu_j, sigma^2 I)
+  (retrieval_mixture="union", the authors' code) or by 1/M sum_{j in kNN_b} (...) over the
+  row's own k neighbours only ("own", the supplement's pseudo-code); fresh means are
+  written back to the cache.
 
 In evaluation (module in eval mode) the exemplar set is the whole training set, with
 no leave-one-out, read from the latent cache, which must have been refreshed with
@@ -22,6 +24,7 @@ search; they are re-encoded exactly all the same.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -31,14 +34,22 @@ from .. import ops
 from ..ann import FaissIndex
 from ..ops.device_checks import DeviceChecks
 from ..ops.dispatch import backend_for
+from ..ops.errors import NonFiniteError, blame_non_finite
 from ..ops.validation import CACHE_DTYPES, check_float, check_shape, check_tensor
-from ..cache import LatentCache
+from ..cache import NON_FINITE_CACHE, LatentCache
 from ..distributed import ShardedLatentCache
 from .base import Encoder, Prior, check_count
 
 MODES = ("exact", "retrieval")
+RETRIEVAL_MIXTURES = ("union", "own")
+"""Retrieval mode's components of row b: the union of the batch's neighbours, or b's own k."""
 INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 """dtypes `indices` may have (torch indexing takes them all); converted to int64."""
+NON_FINITE_ENCODER = "encoder: returned NaN/Inf means for exemplars (has the model diverged?)"
+STALE_CACHE_WARNING = ("ExemplarPrior.log_prob in eval mode: the latent cache holds means written by "
+                       "training steps since its last refresh (rows encoded by different versions of "
+                       "the model, batch rows from binarised inputs); call prior.refresh(encoder) after "
+                       "training so that every exemplar is encoded by the final model")
 
 
 class ExemplarPrior(Prior):
@@ -47,6 +58,9 @@ class ExemplarPrior(Prior):
     num_exemplars: M, the per-step sub-sample (default: half the exemplars, paper L.2, at least
         2 so that leave-one-out leaves a component).
     k: neighbours per row in retrieval mode (paper: 10; 5 for CelebA).
+    retrieval_mixture: retrieval mode's mixture for row b: "union" (default, the authors'
+        code: every neighbour any row of the batch retrieved, less b's own exemplar) or
+        "own" (Algorithm 1 as printed: b's own k neighbours); both divide by M.
     init_log_var: starting value of log sigma^2.
     backend: ops backend ("auto" | "torch" | "triton" | "cpp") for every op call.
     index: retrieval mode only: an approximate FAISS index for the neighbour search,
@@ -54,8 +68,8 @@ class ExemplarPrior(Prior):
     """
 
     def __init__(self, exemplars: Tensor, latent_dim: int, *, mode: str = "retrieval",
-                 num_exemplars: int | None = None, k: int = 10, leave_one_out: bool = True,
-                 init_log_var: float = 0.0, backend: str = "auto",
+                 num_exemplars: int | None = None, k: int = 10, retrieval_mixture: str = "union",
+                 leave_one_out: bool = True, init_log_var: float = 0.0, backend: str = "auto",
                  cache_dtype: torch.dtype = torch.float32, index: FaissIndex | None = None) -> None:
         super().__init__()
         if not isinstance(exemplars, Tensor) or exemplars.dim() != 2 or not exemplars.is_floating_point():
@@ -67,6 +81,11 @@ class ExemplarPrior(Prior):
             raise ValueError("exemplars: contains NaN/Inf")
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+        if retrieval_mixture not in RETRIEVAL_MIXTURES:
+            raise ValueError(f"retrieval_mixture: expected one of {RETRIEVAL_MIXTURES}, got {retrieval_mixture!r}")
+        if retrieval_mixture != "union" and mode != "retrieval":
+            raise ValueError(f"retrieval_mixture: {retrieval_mixture!r} needs mode='retrieval' (exact mode "
+                             f"has no neighbours), got mode={mode!r}")
         _check_cache_dtype(cache_dtype)
         self.latent_dim = check_count(latent_dim, "latent_dim")
         self.mode = mode
@@ -80,12 +99,9 @@ class ExemplarPrior(Prior):
         if mode == "retrieval" and self.k > available:
             raise ValueError(f"k: expected at most {available} (num_exemplars"
                              f"{' - 1 for leave-one-out' if leave_one_out else ''}), got {self.k}")
+        self.retrieval_mixture = retrieval_mixture
         self.leave_one_out = leave_one_out
         self.backend = backend
-        # One run-wide setting; each op takes it where it has that backend (else "auto").
-        self._mixture_backend = backend_for("mixture_log_density", backend)
-        self._knn_backend = backend_for("knn_search", backend)
-        self._update_backend = backend_for("cache_update_", backend)
         self.log_var = nn.Parameter(torch.tensor(_check_init_log_var(init_log_var)))
         # Not persistent: the images come from the data set, not from checkpoints.
         self.register_buffer("exemplars", exemplars.detach(), persistent=False)
@@ -97,6 +113,24 @@ class ExemplarPrior(Prior):
     @property
     def num_items(self) -> int:
         return self.exemplars.shape[0]
+
+    @property
+    def backend(self) -> str:
+        """The ops backend of every op call; may be changed between steps."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        # One run-wide setting; each op takes it where it has that backend (else "auto").
+        ops_backends = (backend_for("mixture_log_density", backend), backend_for("knn_search", backend),
+                        backend_for("cache_update_", backend))  # ValueError naming backend, before any change
+        self._backend = backend
+        self._mixture_backend, self._knn_backend, self._update_backend = ops_backends
+
+    @property
+    def cache_dtype(self) -> torch.dtype:
+        """Storage dtype of the latent cache (fixed at construction)."""
+        return self.cache.means.dtype
 
     def shard_cache(self, group: dist.ProcessGroup | None = None) -> None:
         """Replace the cache by this rank's shard of it (`ShardedLatentCache.from_cache`).
@@ -113,8 +147,9 @@ class ExemplarPrior(Prior):
 
     def refresh(self, encoder: Encoder, batch_size: int = 1000) -> None:
         """Re-encode every exemplar into the cache (no gradient, mode unchanged)."""
-        self.cache.refresh_(lambda x: self._encode_means(encoder, x), self.exemplars, batch_size,
-                            backend=self._update_backend)
+        with blame_non_finite("values", NON_FINITE_ENCODER):
+            self.cache.refresh_(lambda x: self._encode_means(encoder, x), self.exemplars, batch_size,
+                                backend=self._update_backend)
 
     def _encode_means(self, encoder: Encoder, x: Tensor) -> Tensor:
         """mu [n, d] of encoder(x) = (mu, log_var) for x [n, D]; ValueError naming the
@@ -134,6 +169,8 @@ class ExemplarPrior(Prior):
         self.check_latents(z)
         if not self.training:
             self.cache.check_complete()
+            if not self.cache.is_fresh:
+                warnings.warn(STALE_CACHE_WARNING, stacklevel=2)
             return self.cache.mixture_log_density(z, self.log_var, backend=self._mixture_backend)
         if encoder is None:
             raise ValueError("encoder: the exemplar prior needs the model's encoder in training")
@@ -147,7 +184,9 @@ class ExemplarPrior(Prior):
     def _check_batch(self, z: Tensor, query: Tensor | None, indices: Tensor | None) -> Tensor | None:
         """Checks a training batch's query [B, d] (float, finite) and indices [B] (any
         integer dtype, in [0, N)) before any state changes, reading the data once; returns
-        the indices as int64 on the exemplars' device (None when not needed)."""
+        the indices as int64 on the exemplars' device (None when not needed). (The encoder's
+        output is checked as it comes: a retrieval step failing there has already written the
+        batch's own, checked means to the cache, as Algorithm 1 does first.)"""
         batch, checks = z.shape[0], DeviceChecks()
         if query is not None:
             check_float(query, "query")
@@ -193,8 +232,9 @@ class ExemplarPrior(Prior):
         subset = self._draw_subset()
         means = self._encode_means(encoder, self.exemplars[subset])
         exclude = self._positions(subset, indices)
-        log_r = ops.mixture_log_density(z, means, self.log_var, exclude=exclude,
-                                        backend=self._mixture_backend)
+        with blame_non_finite("means", NON_FINITE_ENCODER):
+            log_r = ops.mixture_log_density(z, means, self.log_var, exclude=exclude,
+                                            backend=self._mixture_backend)
         # free write-back: keeps the cache fresh. One write, so that it is all or nothing;
         # the batch's means come last and win over the subset's for the same rows
         rows, values = subset, means.detach()
@@ -218,18 +258,22 @@ class ExemplarPrior(Prior):
                                        backend=self._knn_backend)
         union = torch.unique(neighbours)  # sorted; each neighbour re-encoded once
         means = self._encode_means(encoder, self.exemplars[union])
-        self.cache.update_(union, means.detach(), backend=self._update_backend)
+        with blame_non_finite("values", NON_FINITE_ENCODER):
+            self.cache.update_(union, means.detach(), backend=self._update_backend)
+        # Algorithm 1 divides the sum by M (M - 1 when the row's own exemplar is in pi)
+        total = torch.full(z.shape[:1], float(self.num_exemplars), dtype=z.dtype, device=z.device)
+        if self.leave_one_out:
+            total = total - (self._positions(subset, indices) >= 0).to(z.dtype)
+        if self.retrieval_mixture == "own":
+            own = means[torch.searchsorted(union, neighbours)]  # [B, k, d]: row b's neighbours
+            return _gaussian_log_sum(z, own, self.log_var) - torch.log(total)
         exclude_in_union = self._positions(union, indices)
         log_mixture = ops.mixture_log_density(z, means, self.log_var, exclude=exclude_in_union,
                                               backend=self._mixture_backend)
-        # mixture_log_density averages over the U'_b members taking part; Algorithm 1
-        # divides the sum by M (M - 1 when the row's own exemplar is in pi).
+        # mixture_log_density averages over the U'_b members taking part
         taking_part = torch.full_like(log_mixture, float(union.numel()))
-        total = torch.full_like(log_mixture, float(self.num_exemplars))
         if exclude_in_union is not None:
             taking_part = taking_part - (exclude_in_union >= 0).to(log_mixture.dtype)
-            in_subset = self._positions(subset, indices) >= 0
-            total = total - in_subset.to(log_mixture.dtype)
         return log_mixture + torch.log(taking_part) - torch.log(total)
 
     def sample(self, n: int, *, encoder: Encoder | None = None) -> Tensor:
@@ -240,6 +284,8 @@ class ExemplarPrior(Prior):
         with torch.no_grad():
             which = torch.randint(self.num_items, (n,), device=self.exemplars.device)
             means = self.cache.rows(which).to(self.log_var.dtype)
+            if not bool(torch.isfinite(means).all()):
+                raise NonFiniteError(NON_FINITE_CACHE)
             return means + torch.exp(0.5 * self.log_var) * torch.randn_like(means)
 
     def sample_near(self, mu: Tensor, log_var: Tensor, n: int) -> Tensor:
@@ -249,9 +295,20 @@ class ExemplarPrior(Prior):
         return mu.unsqueeze(1) + std * torch.randn(mu.shape[0], n, mu.shape[1], device=mu.device, dtype=mu.dtype)
 
     def extra_repr(self) -> str:
+        mixture = f", retrieval_mixture={self.retrieval_mixture!r}" if self.mode == "retrieval" else ""
         return (f"num_items={self.num_items}, latent_dim={self.latent_dim}, mode={self.mode!r}, "
-                f"num_exemplars={self.num_exemplars}, k={self.k}, leave_one_out={self.leave_one_out}, "
+                f"num_exemplars={self.num_exemplars}, k={self.k}{mixture}, leave_one_out={self.leave_one_out}, "
                 f"backend={self.backend!r}")
+
+
+def _gaussian_log_sum(z: Tensor, means: Tensor, log_var: Tensor) -> Tensor:
+    """log sum_j N(z_b | means[b, j], exp(log_var) I) for z [B, d], means [B, k, d]: [B] in z's
+    dtype, from direct differences (no cancellation; B*k*d is small)."""
+    dim = z.shape[1]
+    sq_dists = (z.unsqueeze(1) - means.to(z.dtype)).square().sum(-1)  # [B, k]
+    log_var = log_var.to(z.dtype)
+    log_kernel = -0.5 * (dim * (math.log(2 * math.pi) + log_var) + sq_dists * torch.exp(-log_var))
+    return torch.logsumexp(log_kernel, dim=1)
 
 
 def _check_cache_dtype(dtype: object) -> None:

@@ -32,6 +32,9 @@ class VampPrior(Prior):
         self.subsampling = ComponentSubsampling(num_components, components_per_step)
         if init is None:
             init = PSEUDO_INPUT_MEAN + PSEUDO_INPUT_STD * torch.randn(num_components, input_dim)
+        elif not isinstance(init, Tensor) or not init.is_floating_point():
+            raise TypeError(f"init: expected a floating tensor [{num_components}, {input_dim}], got "
+                            f"{init.dtype if isinstance(init, Tensor) else type(init).__name__}")
         elif init.shape != (num_components, input_dim):
             raise ValueError(f"init: expected shape [{num_components}, {input_dim}], got {list(init.shape)}")
         self.pseudo_inputs_raw = nn.Parameter(init.detach().clone().float())

@@ -172,7 +172,10 @@ def row_name(settings: dict[str, Any]) -> str:
     prior = settings["prior.name"]
     if prior == "exemplar":
         mode = settings["prior.mode"]
-        return f"Exemplar {model} ({mode}" + (f", k={settings['prior.k']})" if mode == "retrieval" else ")")
+        if mode != "retrieval":
+            return f"Exemplar {model} ({mode})"
+        own = ", own neighbours" if settings.get("prior.retrieval_mixture") == "own" else ""
+        return f"Exemplar {model} ({mode}, k={settings['prior.k']}{own})"
     if prior == "standard":
         return f"{model} w/ Gaussian prior"
     kind = "VampPrior" if prior == "vamp" else "mixture of Gaussians prior"

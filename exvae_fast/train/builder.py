@@ -37,7 +37,7 @@ def build_prior(cfg: RunConfig, data: DataSplits) -> Prior:
             raise ConfigError(f"prior.index_nlist: expected at most the {data.train.shape[0]} training "
                               f"examples (IVF needs one per k-means list), got {p.index_nlist}")
         return ExemplarPrior(data.train, d, mode=p.mode, num_exemplars=p.num_exemplars, k=p.k,
-                             leave_one_out=p.leave_one_out, init_log_var=p.init_log_var, backend=p.backend,
+                             retrieval_mixture=p.retrieval_mixture, leave_one_out=p.leave_one_out, init_log_var=p.init_log_var, backend=p.backend,
                              cache_dtype=getattr(torch, p.cache_dtype), index=build_index(cfg))
     raise ValueError(f"prior.name: expected standard, mog, vamp or exemplar, got {p.name!r}")
 

@@ -30,6 +30,7 @@ CACHE_DTYPE_NAMES = ("float32", "bfloat16", "float16")  # prior.cache_dtype: tor
 LIKELIHOODS = ("bernoulli", "logistic")
 PRIORS = ("standard", "mog", "vamp", "exemplar")
 MODES = ("exact", "retrieval")
+RETRIEVAL_MIXTURES = ("union", "own")  # exvae_fast.priors.exemplar.RETRIEVAL_MIXTURES
 BACKENDS = ("auto", "torch", "triton", "cpp")
 INDEXES = ("exact", "ivf", "hnsw")
 NUM_BITS = (5, 8)
@@ -73,6 +74,9 @@ class PriorConfig:
     mode: str = "retrieval"  # exemplar: "exact" | "retrieval" (Algorithm 1)
     num_exemplars: int | None = None  # exemplar sub-sample M per step; None = half the training set
     k: int = 10  # nearest neighbours (5 for CelebA)
+    # retrieval mode's mixture per row: "union" of the batch's neighbours (authors' code) or the
+    # row's "own" k (the supplement's pseudo-code); both divide by M
+    retrieval_mixture: str = "union"
     leave_one_out: bool = True
     init_log_var: float = 0.0  # initial log sigma^2 of the exemplar kernel
     backend: str = "auto"  # ops backend: auto | torch | triton | cpp
@@ -249,6 +253,10 @@ def validate_config(cfg: RunConfig) -> None:
             f"got {p.components_per_step}"
         )
     _choice("prior.mode", p.mode, MODES)
+    _choice("prior.retrieval_mixture", p.retrieval_mixture, RETRIEVAL_MIXTURES)
+    if p.retrieval_mixture != "union" and (p.name, p.mode) != ("exemplar", "retrieval"):
+        raise ConfigError(f"prior.retrieval_mixture: {p.retrieval_mixture!r} applies to the exemplar prior's "
+                          f"retrieval mode only, got prior.name={p.name!r}, prior.mode={p.mode!r}")
     _at_least("prior.num_exemplars", p.num_exemplars, 1, optional=True)
     _at_least("prior.k", p.k, 1)
     if p.name == "exemplar" and p.num_exemplars is not None:

@@ -98,7 +98,8 @@ def seed_everything(seed: int, rank: int = 0) -> None:
 
 
 def refresh_exemplar_cache(model: LatentVariableModel, batch_size: int) -> None:
-    """Re-encode every exemplar (Algorithm 1's per-epoch refresh), in evaluation mode."""
+    """Re-encode every exemplar, in evaluation mode: before training (Algorithm 1 fills the
+    cache) and after every epoch (the authors' code re-caches each epoch; the pseudo-code does not)."""
     if isinstance(model.prior, ExemplarPrior):
         with evaluation_mode(model):
             model.prior.refresh(model.encode, batch_size)
