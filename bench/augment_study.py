@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", default=[], metavar="LABEL=PATH",
                    help="a trained run folder whose samples augment the data (repeatable); default: "
                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_RUNS.items()) + " where present")
-    p.add_argument("--seeds", nargs="+", action=SeedsAction, default=[0, 1, 2], help=f"{SEEDS_HELP} (default 0 1 2)")
+    p.add_argument("--seeds", nargs="+", action=SeedsAction,
+                   default=[0, 1, 2],
+                   help=f"{SEEDS_HELP} (default 0 1 2)")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--hidden", type=int, default=512, help="units of each of the two hidden layers")
     p.add_argument("--lr", type=float, default=1e-3)

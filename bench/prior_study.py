@@ -62,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="exvae bench priors", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--priors", default=",".join(DEFAULT_PRIORS), help=f"subset of {','.join(PRIORS)}")
-    p.add_argument("--seeds", nargs="+", action=SeedsAction, default=[0], help=f"{SEEDS_HELP} (default 0)")
+    p.add_argument("--seeds", nargs="+", action=SeedsAction,
+                   default=[0],
+                   help=f"{SEEDS_HELP} (default 0)")
     p.add_argument("--epochs", type=int, default=400, help="most epochs per run")
     p.add_argument("--warmup-epochs", type=int, default=100, help="KL warm-up (paper: 100)")
     p.add_argument("--patience", type=int, default=50, help="early stopping patience (paper: 50)")

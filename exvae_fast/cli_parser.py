@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, help="shortcut for --set train.seed=S")
     tr.add_argument("--compile", action="store_const", const=True,
                     help="shortcut for --set train.compile=true (torch.compile each training step's forward)")
-    tr.add_argument("--seeds", nargs="+", action=SeedsAction, help=f"train one run per seed ({SEEDS_HELP}), named NAME-s<seed> (a run "
+    tr.add_argument("--seeds", nargs="+", action=SeedsAction,
+                    help=f"train one run per seed ({SEEDS_HELP}), named NAME-s<seed> (a run "
                     "already there is resumed, so the same command continues an interrupted sweep), "
                     "then print their table; not under torchrun")
     tr.add_argument("--name", help="run name (folder under out_dir)")
