@@ -1,10 +1,12 @@
 // exvae_fast::cache_update_, CUDA kernels (contract: cache_update.cpp).
 //
-// Duplicates are resolved on the device, with O(K) work and no O(N) clearing:
-//   1. reset:  last[indices[k]] = -1 for every k (only the rows this call names are ever
-//              read, so the [N] scratch needs no other initialisation); out-of-range indices
-//              raise a flag instead.
-//   2. claim:  atomicMax(&last[indices[k]], k): each row ends up with its last position.
+// Duplicates are resolved on the device, with O(K) work and no O(N) clearing, in three
+// kernels on one stream (no memset, no host work between them):
+//   1. reset:  last[indices[k]] = -1 for every in-range k (only the rows this call names are
+//              ever read, so the [N] scratch needs no other initialisation); one thread clears
+//              the out-of-range flag.
+//   2. claim:  atomicMax(&last[indices[k]], k): each row ends up with its last position;
+//              out-of-range indices raise the flag instead (after the reset cleared it).
 //   3. write:  one warp per position k; the warp whose k is its row's last position converts
 //              and writes the row, reduces its squared norm and writes norms and stamps.
 // The write kernel writes nothing when the flag is up; with check_range the host then reads
@@ -37,23 +39,26 @@ int64_t blocks_for(int64_t work_items, int64_t items_per_block) {
 
 __global__ void reset_kernel(const int64_t* __restrict__ indices, int64_t count, int64_t size,
                              int32_t* __restrict__ last, int32_t* __restrict__ out_of_range) {
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < count;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (first == 0) {
+    *out_of_range = 0;  // raised by claim_kernel, which starts after this kernel ends
+  }
+  for (int64_t k = first; k < count; k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = indices[k];
-    if (row < 0 || row >= size) {
-      *out_of_range = 1;
-    } else {
+    if (row >= 0 && row < size) {
       last[row] = -1;
     }
   }
 }
 
 __global__ void claim_kernel(const int64_t* __restrict__ indices, int64_t count, int64_t size,
-                             int32_t* __restrict__ last) {
+                             int32_t* __restrict__ last, int32_t* __restrict__ out_of_range) {
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < count;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = indices[k];
-    if (row >= 0 && row < size) {
+    if (row < 0 || row >= size) {
+      *out_of_range = 1;
+    } else {
       atomicMax(last + row, static_cast<int32_t>(k));
     }
   }
@@ -123,13 +128,12 @@ void cache_update_cuda(const at::Tensor& cache, const at::Tensor& indices,
   at::Tensor scratch = at::empty({size + 1}, cache.options().dtype(at::kInt));
   int32_t* last = scratch.data_ptr<int32_t>();
   int32_t* out_of_range = last + size;
-  C10_CUDA_CHECK(cudaMemsetAsync(out_of_range, 0, sizeof(int32_t), stream));
 
   const int64_t* rows = inputs.indices.const_data_ptr<int64_t>();
   const int64_t scan_blocks = blocks_for(count, kThreads);
   reset_kernel<<<scan_blocks, kThreads, 0, stream>>>(rows, count, size, last, out_of_range);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  claim_kernel<<<scan_blocks, kThreads, 0, stream>>>(rows, count, size, last);
+  claim_kernel<<<scan_blocks, kThreads, 0, stream>>>(rows, count, size, last, out_of_range);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
   float* norms_out = norms.has_value() ? norms->data_ptr<float>() : nullptr;
