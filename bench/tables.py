@@ -92,7 +92,7 @@ def epoch_table(doc: dict[str, Any]) -> str:
             rows.append([r.get("model_label", r.get("model")), r.get("dataset_label", r.get("dataset")),
                          r.get("prior_label", r.get("prior")), "-", "-", "-", "-", "-", "-",
                          str(r.get("status", "?")).replace("|", "/")[:80]])
-    return markdown_table(header, rows)
+    return markdown_table(header, rows, text_columns=(0, 1, 2, 8, 9))
 
 
 def _cpu_note(dev: dict[str, Any]) -> str:
@@ -246,7 +246,7 @@ def prior_study_table(doc: dict[str, Any]) -> str:
                      mean_spread([r["active_units"] for r in runs], 1), _knn_errors(runs),
                      ", ".join(f"{r['epochs']} ({r['best_epoch']})" for r in runs),
                      f"{sum(variances) / len(variances):.3g}" if variances else "-", carried])
-    return markdown_table(header, rows)
+    return markdown_table(header, rows)  # every column but the prior's name holds numbers
 
 
 def prior_study_caption(doc: dict[str, Any]) -> str:

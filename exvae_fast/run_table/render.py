@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from ..train.config import DATASETS
 from .runs import (EVALUATION_KEYS, METRIC_KEYS, METRICS, MODEL_NAMES, Experiment, Metric, Run, _evaluation_text,
@@ -133,10 +133,12 @@ def _natural_key(label: str) -> tuple:
     return tuple(float(p) if i % 2 else p for i, p in enumerate(parts))
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 1) -> str:
-    """A GitHub Markdown table: the first `text_columns` columns left-aligned, the others
-    (numbers) right-aligned."""
-    align = [":---"] * text_columns + ["---:"] * (len(header) - text_columns)
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
+                   text_columns: int | Collection[int] = 1) -> str:
+    """A GitHub Markdown table: text columns left-aligned, the others (numbers) right-aligned.
+    `text_columns`: how many leading columns hold text, or the indices of those columns."""
+    text = set(range(text_columns)) if isinstance(text_columns, int) else set(text_columns)
+    align = [":---" if i in text else "---:" for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
