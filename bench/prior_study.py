@@ -114,9 +114,11 @@ def merge_documents(docs: list[dict[str, Any]]) -> dict[str, Any]:
     settings["seeds"] = sorted({s for doc in docs for s in doc["settings"]["seeds"]})
     settings["overrides"] = {k: v for doc in docs for k, v in doc["settings"]["overrides"].items()}
     merged = common.result_document("prior_study", base["device"], settings, results)
-    merged["merged_from"] = [{"created": doc["created"], "git": doc["device"].get("git"),
-                              "priors": doc["settings"]["priors"], "seeds": doc["settings"]["seeds"]}
-                             for doc in docs]
+    # a merged document contributes the documents it was merged from, so that every entry
+    # names the time and commit of a measurement, not of a merge
+    merged["merged_from"] = [entry for doc in docs for entry in doc.get("merged_from") or [
+        {"created": doc["created"], "git": doc["device"].get("git"), "priors": doc["settings"]["priors"],
+         "seeds": doc["settings"]["seeds"]}]]
     return merged
 
 

@@ -304,6 +304,14 @@ def test_prior_study_documents_merge_into_one_table(common, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| Exemplar retrieval k=1 | -97.20 ± 0.28 (2) |" in printed
     assert "2 documents of these same study settings merged" in printed and "at commit bbbbbbbbbb" in printed
+    # a merged document merged again: each entry still names its measurement, not the merge
+    third = doc(["exemplar-retrieval-own"], [0], "c" * 40, {"exemplar-retrieval-own": [-95.1]})
+    again = tmp_path / "again.json"
+    assert cli.main(["bench", "priors", "--merge", str(out), str(third), "--out", str(again)]) == 0
+    entries = json.loads(again.read_text())["merged_from"]
+    assert [(e["git"]["commit"][0], e["priors"]) for e in entries] == [
+        ("a", ["exemplar-retrieval"]), ("b", ["exemplar-retrieval-k1"]), ("c", ["exemplar-retrieval-own"])]
+    assert "3 documents of these same study settings merged" in capsys.readouterr().out
     # the same (prior, seed) twice, or another study setting, is refused
     assert cli.main(["bench", "priors", "--merge", str(first), str(first), "--out", str(out)]) == 2
     other = json.loads(second.read_text())
