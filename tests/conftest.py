@@ -9,8 +9,10 @@ import torch
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
-    # Must be set before triton is first imported: kernels then run on CPU tensors.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Must be set before triton is first imported: kernels then run on CPU tensors. Forced,
+    # not defaulted: a TRITON_INTERPRET=0 left in the shell would otherwise skip or fail
+    # every kernel test on a machine that can only interpret them.
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -48,9 +48,31 @@ def grads_of(fn, tensors):
     """Value of fn(*tensors) and the gradients of (value * fixed weights).sum() wrt tensors."""
     leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
     out = fn(*leaves)
-    weights = 0.5 + 0.25 * torch.arange(out.shape[0], dtype=out.dtype)  # exact in any dtype
+    weights = 0.5 + 0.25 * torch.arange(out.shape[0], dtype=out.dtype, device=out.device)  # exact
     (out * weights).sum().backward()
     return out.detach(), [leaf.grad for leaf in leaves]
+
+
+def assert_matches_reference(z, means, log_var, exclude=None, log_weights=None, *, rtol=1e-5,
+                             atol=1e-5, grad_rtol=1e-4, grad_atol=1e-5):
+    """The op's value and its gradients for z, means, log_var (and log_weights) equal the
+    float64 [B, N] formula's (autograd), within the given tolerances; dtypes are kept."""
+    tensors = [z, means, log_var] + ([log_weights] if log_weights is not None else [])
+
+    def op(z, means, log_var, lw=None):
+        return mixture_log_density(z, means, log_var, exclude=exclude, log_weights=lw)
+
+    def ref(z, means, log_var, lw=None):
+        return reference(z, means, log_var, exclude, lw)
+
+    out, grads = grads_of(op, tensors)
+    ref_out, ref_grads = grads_of(ref, [t.double() for t in tensors])
+    assert out.dtype == z.dtype and out.shape == (z.shape[0],)
+    torch.testing.assert_close(out.double(), ref_out, rtol=rtol, atol=atol)
+    for name, tensor, got, want in zip(["z", "means", "log_var", "log_weights"], tensors, grads,
+                                       ref_grads):
+        assert got.dtype == tensor.dtype, name
+        torch.testing.assert_close(got.double(), want, rtol=grad_rtol, atol=grad_atol, msg=name)
 
 
 @pytest.fixture
@@ -81,21 +103,7 @@ def test_matches_reference_forward_and_backward(batch, size, dim, budget, mode, 
         log_weights = torch.linspace(-2.0, 1.0, size)
         if size > 2:
             log_weights[1] = NEG_INF  # a dropped component
-    tensors = [z, means, log_var] + ([log_weights] if log_weights is not None else [])
-
-    def op(z, means, log_var, lw=None):
-        return mixture_log_density(z, means, log_var, exclude=exclude, log_weights=lw)
-
-    def ref(z, means, log_var, lw=None):
-        return reference(z, means, log_var, exclude, lw)
-
-    out, grads = grads_of(op, tensors)
-    ref_out, ref_grads = grads_of(ref, [t.double() for t in tensors])
-    assert out.dtype == torch.float32 and out.shape == (batch,)
-    torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)
-    for name, got, want in zip(["z", "means", "log_var", "log_weights"], grads, ref_grads):
-        assert got.dtype == torch.float32, name
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5, msg=name)
+    assert_matches_reference(z, means, log_var, exclude, log_weights)
 
 
 @pytest.mark.parametrize("means_dtype", [torch.bfloat16, torch.float16, torch.float64])
@@ -111,10 +119,10 @@ def test_reduced_and_wide_precision_means(means_dtype, small_blocks):
     torch.testing.assert_close(out.double(), ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gz.double(), rz, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gl.double(), rl, rtol=1e-4, atol=1e-5)
-    # reduced precision: the gradient is rounded to the means' dtype; float64 means make the
-    # whole computation float64
-    grad_tol = 2e-2 if means_dtype in (torch.bfloat16, torch.float16) else 1e-10
-    torch.testing.assert_close(gm.double(), rm, rtol=grad_tol, atol=grad_tol)
+    # reduced precision: the gradient is rounded to the means' dtype (within one bfloat16 ulp,
+    # 2^-7 relative, of the float64 one); float64 means make the whole computation float64
+    grad_tol = 2.0**-7 if means_dtype in (torch.bfloat16, torch.float16) else 1e-10
+    torch.testing.assert_close(gm.double(), rm, rtol=grad_tol, atol=1e-6)
 
 
 def test_float64_inputs_compute_in_float64(small_blocks):
@@ -153,16 +161,24 @@ def test_single_component_is_a_gaussian():
 
 
 def test_duplicated_means_and_all_but_one_left_out():
+    """Each case is the single Gaussian of `means` (forward), and its gradients (every
+    duplicate gets its share, left-out and zero-weight components none) are the formula's."""
     z, means, log_var = make_inputs(3, 1, 4, dtype=torch.float64)
     single = mixture_log_density(z, means, log_var)
     twice = means.repeat(2, 1)
     torch.testing.assert_close(mixture_log_density(z, twice, log_var), single)
+    assert_matches_reference(z, twice, log_var, rtol=1e-12, atol=1e-12, grad_rtol=1e-10,
+                             grad_atol=1e-12)
     other = torch.cat([torch.randn(1, 4, dtype=torch.float64), means])
-    torch.testing.assert_close(  # N=2, each row leaves out component 0: only `means` remains
-        mixture_log_density(z, other, log_var, exclude=torch.zeros(3, dtype=torch.long)), single)
+    left_out = torch.zeros(3, dtype=torch.long)  # N=2, each row leaves out 0: `means` remains
+    torch.testing.assert_close(mixture_log_density(z, other, log_var, exclude=left_out), single)
+    assert_matches_reference(z, other, log_var, left_out, rtol=1e-12, atol=1e-12,
+                             grad_rtol=1e-10, grad_atol=1e-12)
     weights = torch.tensor([NEG_INF, 5.0, NEG_INF], dtype=torch.float64)
     three = torch.cat([torch.randn(1, 4, dtype=torch.float64), means, means + 1])
     torch.testing.assert_close(mixture_log_density(z, three, log_var, log_weights=weights), single)
+    assert_matches_reference(z, three, log_var, None, weights, rtol=1e-12, atol=1e-12,
+                             grad_rtol=1e-10, grad_atol=1e-12)
 
 
 def test_no_cancellation_when_z_is_near_a_far_mean():
@@ -192,6 +208,30 @@ def test_float64_inputs_far_from_the_origin_stay_exact(small_blocks):
     torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-9)
     for name, got, want in zip(["z", "means", "log_var"], grads, ref_grads):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-6, msg=name)
+
+
+def assert_underflowed_rows_carry_nothing(op, log_var: float, dtype: torch.dtype,
+                                          device: str = "cpu") -> None:
+    """Rows 0-1 of z lie 2 away from every mean at sigma^2 = e^log_var, so far below the
+    dtype's range that their log-density is -inf: they carry no responsibilities (p = 0),
+    so zero z and means gradients and -d/2 each for log_var, never NaN. Row 2 sits on a
+    mean: log N(0 | 0, sigma^2 I) - log N exactly, and zero gradients for z and the means."""
+    gen = torch.Generator().manual_seed(3)
+    means = torch.randn(20, 5, generator=gen, dtype=dtype)
+    z = torch.cat([means[:2] + 2.0, means[2:3]])
+    tensors = [t.to(device) for t in (z, means, torch.tensor(log_var, dtype=dtype))]
+    out, (grad_z, grad_means, grad_lv) = grads_of(op, tensors)
+    at_mean = -0.5 * 5 * (math.log(2 * math.pi) + log_var) - math.log(20)
+    assert out[:2].tolist() == [NEG_INF, NEG_INF]
+    assert float(out[2]) == pytest.approx(at_mean, rel=1e-6)
+    assert bool((grad_z == 0).all()) and bool((grad_means == 0).all())
+    row_weights = 0.5 + 0.25 * torch.arange(3.0)  # grads_of's
+    assert float(grad_lv) == pytest.approx(-0.5 * 5 * float(row_weights.sum()), rel=1e-6)
+
+
+def test_rows_whose_density_underflows_get_minus_inf_and_no_gradient():
+    """float64 at sigma^2 = e^-800 (e^800 overflows float64 too)."""
+    assert_underflowed_rows_carry_nothing(mixture_log_density, -800.0, torch.float64)
 
 
 def test_empty_batch():
@@ -228,11 +268,10 @@ def test_property_matches_reference(data, batch, size, dim, block, use_weights):
     old = mixture.ELEMENT_BUDGET
     mixture.ELEMENT_BUDGET = block * batch
     try:
-        out = mixture_log_density(z, means, log_var, exclude=exclude, log_weights=log_weights)
+        assert_matches_reference(z, means, log_var, exclude, log_weights, rtol=1e-10, atol=1e-10,
+                                 grad_rtol=1e-9, grad_atol=1e-10)
     finally:
         mixture.ELEMENT_BUDGET = old
-    torch.testing.assert_close(out, reference(z, means, log_var, exclude, log_weights),
-                               rtol=1e-10, atol=1e-10)
 
 
 class LargestTensor(TorchDispatchMode):

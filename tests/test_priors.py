@@ -284,8 +284,39 @@ def test_exemplar_prior_rejects_bad_indices_and_exemplars():
         prior.log_prob(z, encoder=encoder, indices=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="NaN"):
         ExemplarPrior(torch.full((4, D), float("nan")), d)
-    with pytest.raises(ValueError, match="z"):
-        prior.log_prob(torch.randn(2, d + 1), encoder=encoder, query=z, indices=torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("name", ["standard", "mog", "vamp", "exemplar-exact", "exemplar-retrieval"])
+def test_every_prior_names_z_when_its_width_is_wrong(name):
+    """The prior's own check, before any op: the message names z and the expected width
+    (an op would name its own tensors, e.g. "means")."""
+    encoder = LinearEncoder()
+    priors = {"standard": lambda: StandardPrior(d), "mog": lambda: MoGPrior(d, 4),
+              "vamp": lambda: VampPrior(d, D, num_components=5)}
+    if name.startswith("exemplar"):
+        prior = _exemplar_setup(n=10, mode=name.split("-")[1], num_exemplars=8, k=2)[2]
+    else:
+        prior = priors[name]()
+    prior.train()
+    rows = torch.tensor([0, 1])
+    query = torch.randn(2, d)
+    with pytest.raises(ValueError, match=rf"^z: expected shape \[B, {d}\], got \[2, {d + 1}\]$"):
+        prior.log_prob(torch.randn(2, d + 1), encoder=encoder, query=query, indices=rows)
+
+
+def test_exact_mode_writes_the_batch_means_over_the_subset_means():
+    """An exact step re-encodes the subset and writes its means to the cache, and writes the
+    batch's posterior means (`query`) at the batch's rows: where a batch row is also in the
+    subset, the batch's mean is the one kept."""
+    exemplars, encoder, prior = _exemplar_setup(n=10, mode="exact", num_exemplars=10)
+    prior.train()
+    rows = torch.tensor([3, 7])  # the subset is all 10 rows: both are in it
+    query = torch.randn(2, d)
+    prior.log_prob(torch.randn(2, d), encoder=encoder, query=query, indices=rows)
+    torch.testing.assert_close(prior.cache.means[rows].float(), query)
+    others = [i for i in range(10) if i not in rows.tolist()]
+    torch.testing.assert_close(prior.cache.means[others].float(),
+                               encoder(exemplars[others])[0].detach())
 
 
 def test_run_wide_backend_maps_to_each_op():
