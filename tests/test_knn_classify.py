@@ -61,12 +61,23 @@ def test_error_matches_brute_force_for_every_k(backend):
 
 
 
-def test_separable_latents_classify_perfectly():
+def test_votes_around_a_mislabelled_key():
+    """Two well-separated clusters of 6 keys each, plus a key labelled 1 right next to the
+    class-0 query: k = 1 follows it (wrong), k = 2 ties and goes to its nearer class (wrong),
+    k = 3 and 7 are outvoted by the cluster (right); the class-1 query is right for every k."""
     net = model()
-    train = torch.rand(40, 16)
-    labels = (net.encode(train)[0][:, 0] > net.encode(train)[0][:, 0].median()).long().detach()
-    errors = knn_classification_error(net, train, labels, train, labels, (1,), progress=False)
-    assert errors[1] == 0.0  # each query finds itself at distance 0
+    gen = torch.Generator().manual_seed(5)
+    centres = 0.2 + 0.6 * torch.rand(2, 16, generator=gen)
+
+    def around(centre, n, spread):
+        return centre + spread * torch.randn(n, 16, generator=gen)
+
+    test = torch.cat([around(centres[0], 1, 1e-2), around(centres[1], 1, 1e-2)])
+    train = torch.cat([around(centres[0], 6, 1e-2), around(centres[1], 6, 1e-2), around(test[0], 1, 1e-4)])
+    train_labels, test_labels = torch.tensor([0] * 6 + [1] * 7), torch.tensor([0, 1])
+    errors = knn_classification_error(net, train, train_labels, test, test_labels, (1, 2, 3, 7),
+                                      progress=False)
+    assert errors == {1: 0.5, 2: 0.5, 3: 0.0, 7: 0.0}
 
 
 def test_encode_means_batches_like_one_call():

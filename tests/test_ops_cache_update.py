@@ -1,4 +1,5 @@
-"""cache_update_ (torch backend) against a sequential Python loop (so the last write wins)."""
+"""cache_update_, torch and cpp backends, against a sequential Python loop (so the last write
+wins)."""
 from __future__ import annotations
 
 import pytest
@@ -6,9 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exvae_fast.ops import cache_update_
+from exvae_fast.ops import _extension, cache_update_
 
 STORAGE = [torch.float32, torch.bfloat16, torch.float16]
+BACKENDS = ["torch", pytest.param("cpp", marks=pytest.mark.skipif(
+    not _extension.has_kernel("cache_update_", "cpu"),
+    reason=str(_extension.fallback_reason("cache_update_", "cpu"))))]
 
 
 def sequential(cache, indices, values, norms, stamps, step):
@@ -27,12 +31,12 @@ def state(size, dim, dtype, seed=0):
     return cache, torch.full((size,), -7.0), torch.full((size,), -1, dtype=torch.int64)
 
 
-def check_update(dtype, indices, values_dtype=torch.float64, size=9, dim=5, step=4, seed=0):
+def check_update(backend, dtype, indices, values_dtype=torch.float64, size=9, dim=5, step=4, seed=0):
     cache, norms, stamps = state(size, dim, dtype, seed)
     values = torch.randn(indices.numel(), dim, generator=torch.Generator().manual_seed(seed + 1),
                          dtype=values_dtype)
     want = sequential(cache, indices, values, norms, stamps, step)
-    out = cache_update_(cache, indices, values, norms=norms, stamps=stamps, step=step)
+    out = cache_update_(cache, indices, values, norms=norms, stamps=stamps, step=step, backend=backend)
     assert out is cache
     assert torch.equal(cache, want[0])
     torch.testing.assert_close(norms, want[1], rtol=1e-6, atol=0)
@@ -47,61 +51,69 @@ def check_update(dtype, indices, values_dtype=torch.float64, size=9, dim=5, step
     list(range(8, -1, -1)),  # K = N, permuted
     [],  # K = 0
 ], ids=["some-duplicates", "all-duplicates", "unique", "all-rows", "empty"])
-def test_matches_sequential_writes(dtype, indices):
-    check_update(dtype, torch.tensor(indices, dtype=torch.int64))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_sequential_writes(backend, dtype, indices):
+    check_update(backend, dtype, torch.tensor(indices, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("values_dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_values_converted_on_write(values_dtype):
-    check_update(torch.bfloat16, torch.tensor([2, 0, 2]), values_dtype=values_dtype)
-    check_update(torch.float32, torch.tensor([2, 0, 2]), values_dtype=values_dtype)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_values_converted_on_write(backend, values_dtype):
+    check_update(backend, torch.bfloat16, torch.tensor([2, 0, 2]), values_dtype=values_dtype)
+    check_update(backend, torch.float32, torch.tensor([2, 0, 2]), values_dtype=values_dtype)
 
 
-def test_norms_are_of_the_stored_rounded_row():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norms_are_of_the_stored_rounded_row(backend):
     cache = torch.zeros(2, 1, dtype=torch.bfloat16)
     norms = torch.zeros(2)
-    cache_update_(cache, torch.tensor([1]), torch.tensor([[1.00390625 + 1e-4]]), norms=norms)
+    cache_update_(cache, torch.tensor([1]), torch.tensor([[1.00390625 + 1e-4]]), norms=norms,
+                  backend=backend)
     assert cache[1, 0].item() == 1.0078125  # bfloat16 keeps 8 bits: rounded up
     assert norms.tolist() == [0.0, 1.0078125**2]
 
 
-def test_many_duplicates_last_occurrence_wins_deterministically():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_many_duplicates_last_occurrence_wins_deterministically(backend):
     size, count = 50, 5000
     gen = torch.Generator().manual_seed(0)
     indices = torch.randint(size, (count,), generator=gen)
     values = torch.arange(count, dtype=torch.float32)[:, None].expand(count, 3).contiguous()
     cache = torch.full((size, 3), -1.0)
-    cache_update_(cache, indices, values)
+    cache_update_(cache, indices, values, backend=backend)
     last = {row: pos for pos, row in enumerate(indices.tolist())}
     want = torch.tensor([last.get(row, -1.0) for row in range(size)], dtype=torch.float32)
     assert torch.equal(cache[:, 0], want)
 
 
-def test_norms_alone_and_plain_writes():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_norms_alone_and_plain_writes(backend):
     cache, norms, stamps = state(6, 2, torch.float32)
     values = torch.randn(2, 2)
-    cache_update_(cache, torch.tensor([1, 4]), values, norms=norms)
+    cache_update_(cache, torch.tensor([1, 4]), values, norms=norms, backend=backend)
     torch.testing.assert_close(norms[[1, 4]], values.square().sum(1))
     assert (norms[[0, 2, 3, 5]] == -7.0).all()
     before = norms.clone()
-    cache_update_(cache, torch.tensor([0]), values[:1])
+    cache_update_(cache, torch.tensor([0]), values[:1], backend=backend)
     assert torch.equal(cache[0], values[0]) and torch.equal(norms, before)
 
 
-def test_values_requiring_grad_leave_the_cache_out_of_autograd():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_values_requiring_grad_leave_the_cache_out_of_autograd(backend):
     cache = torch.zeros(3, 2)
     values = torch.randn(1, 2, requires_grad=True)
-    cache_update_(cache, torch.tensor([2]), values)
+    cache_update_(cache, torch.tensor([2]), values, backend=backend)
     assert not cache.requires_grad and cache.grad_fn is None
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), size=st.integers(1, 10), dim=st.integers(1, 4),
        dtype=st.sampled_from(STORAGE))
-def test_property_matches_sequential(data, size, dim, dtype):
+def test_property_matches_sequential(backend, data, size, dim, dtype):
     indices = torch.tensor(data.draw(st.lists(st.integers(0, size - 1), max_size=3 * size)),
                            dtype=torch.int64)
-    check_update(dtype, indices, size=size, dim=dim, seed=data.draw(st.integers(0, 100)))
+    check_update(backend, dtype, indices, size=size, dim=dim, seed=data.draw(st.integers(0, 100)))
 
 
 # --- errors -------------------------------------------------------------------------------

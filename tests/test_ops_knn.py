@@ -93,11 +93,16 @@ def test_excluded_key_never_returned_even_at_infinite_distance():
 
 
 def test_exact_when_queries_sit_next_to_far_keys():
-    # ||q||^2 - 2 q.k + ||k||^2 in float32 cannot order these; the centred float64 expansion can
-    base = torch.full((1, 16), 4096.0)
-    keys = base + torch.tensor([3e-3, 1e-3, 2e-3, 4e-3])[:, None] * torch.ones(1, 16)
-    queries = base.clone()
-    assert knn_search(queries, keys, 4)[1].tolist() == [[1, 2, 0, 3]]
+    # 1e3 from the origin, distances of ~1e-12 drown in the uncentred float64 expansion's error
+    # (~1e-8), which would fill the shortlist of 2k = 4 with farther keys of lower index; centred
+    # on the query they do not. The two nearest keys come last, behind six farther ones
+    gen = torch.Generator().manual_seed(0)
+    queries = 1e3 * torch.randn(1, 16, generator=gen, dtype=torch.float64)
+    offsets = torch.arange(8, 0, -1, dtype=torch.float64)[:, None] * 1e-7
+    keys = queries + offsets * torch.ones(1, 16, dtype=torch.float64)
+    got = knn_search(queries, keys, 2)
+    assert_same(got, brute_force(queries, keys, 2))
+    assert got[1].tolist() == [[7, 6]]
 
 
 def test_duplicate_keys_and_empty_batch():

@@ -68,6 +68,14 @@ def select(request, monkeypatch):
     return method
 
 
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Fail the test if the kernels' operator is called."""
+    def launch(*args, **kwargs):
+        raise AssertionError("the kernels were launched")
+    monkeypatch.setattr(kmod, "knn_search_op", launch)
+
+
 METHODS = [kmod.SELECT_TOPK, kmod.SELECT_EXTRACT]
 
 
@@ -188,14 +196,20 @@ def test_all_but_one_available():
                                                                         device=DEVICE))
 
 
-def test_exact_where_the_expansion_cancels():
-    # ||q||^2 - 2 q.k + ||k||^2 in float32 cannot order these; a row that searches at most
-    # K_SEL keys is re-ranked exactly, whatever the scan's rounding
+@pytest.mark.parametrize("offsets,nearest", [
+    ([5e-3, 1e-3, 2e-3, 4e-3, 0.0, 3e-3], [1, 2, 5, 3]),
+    ([0.0, 4e-3, 5e-3, 1e-3, 3e-3, 2e-3], [3, 5, 4, 1]),
+    ([1e-3, 3e-3, 0.0, 2e-3, 5e-3, 4e-3], [0, 3, 1, 5]),
+])
+def test_exact_where_the_expansion_cancels(offsets, nearest):
+    """||q||^2 - 2 q.k + ||k||^2 in float32 cannot order these: the scan ties the five keys
+    left (the query's own is excluded), and the four of lowest index hold the farthest; a row
+    that searches at most K_SEL keys is re-ranked exactly, whatever the scan's rounding."""
     base = torch.full((1, 16), 4096.0)
-    keys = (base + torch.tensor([3e-3, 1e-3, 2e-3, 4e-3, 0.0, 5e-3])[:, None]).to(DEVICE)
-    queries = base.to(DEVICE)
-    _, indices = check(queries, keys, 4, exclude=torch.tensor([4], device=DEVICE))
-    assert indices.tolist() == [[1, 2, 0, 3]]
+    keys = (base + torch.tensor(offsets)[:, None]).to(DEVICE)
+    exclude = torch.tensor([offsets.index(0.0)], device=DEVICE)
+    _, indices = check(base.to(DEVICE), keys, 4, exclude=exclude)
+    assert indices.tolist() == [nearest]
 
 
 def test_infinite_distances_and_empty_batch():
@@ -208,12 +222,17 @@ def test_infinite_distances_and_empty_batch():
     assert dists.shape == (0, 2) and indices.shape == (0, 2)
 
 
-def test_k_above_max_k_uses_the_reference():
+def test_k_above_max_k_uses_the_reference(no_launch):
+    """k > MAX_K never reaches the kernels, and equals the brute force (exclude passed on)."""
     queries, keys = data(2, 70, 3, seed=7)
-    check(queries, keys, kmod.MAX_K + 1, oracle=False)
+    exclude = torch.tensor([5, -1], device=DEVICE)
+    dists, indices = knn_search(queries, keys, kmod.MAX_K + 1, exclude=exclude, backend="triton")
+    want_d, want_i = brute_force(queries, keys, kmod.MAX_K + 1, exclude=exclude)
+    torch.testing.assert_close(dists.cpu(), want_d, rtol=0, atol=0)
+    assert torch.equal(indices.cpu(), want_i)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(data=st.data(), batch=st.integers(1, 5), size=st.integers(1, 40), dim=st.integers(1, 5),
        use_candidates=st.booleans(), use_exclude=st.booleans())
 def test_property_matches_brute_force(data, batch, size, dim, use_candidates, use_exclude):
@@ -259,10 +278,7 @@ def test_property_matches_brute_force(data, batch, size, dim, use_candidates, us
     (dict(keys=torch.randn(6, 3)), ValueError, r"keys: expected shape \[N, 2\]"),
     (dict(queries=torch.ones(3, 2, dtype=torch.int64)), TypeError, "queries: expected a floating"),
 ])
-def test_bad_inputs_fail_before_launch(change, error, match, monkeypatch):
-    def no_launch(*args, **kwargs):
-        raise AssertionError("the kernels were launched")
-    monkeypatch.setattr(kmod, "knn_search_op", no_launch)
+def test_bad_inputs_fail_before_launch(change, error, match, no_launch):
     args = dict(queries=torch.randn(3, 2), keys=torch.randn(6, 2), k=2)
     args = {name: value.to(DEVICE) if isinstance(value, torch.Tensor) else value
             for name, value in {**args, **change}.items()}
