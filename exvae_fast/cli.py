@@ -17,10 +17,22 @@ from .cli_parser import DATA_SPLITS, SAMPLE_KINDS, build_parser
 from .train.config import RunConfig, apply_overrides, load_config, validate_config
 
 
+RESUME_IGNORES = ("config", "name", "out_dir", "overwrite")
+"""`exvae train` options that a --resume cannot honour: it continues RUN_DIR in place, with
+the settings of its config.json (changed by --set where a resume may change them)."""
+
+
 def _train_config(args: argparse.Namespace) -> RunConfig:
     if args.resume is not None:
         from .train.loop import load_run_config
 
+        given = [f"--{name.replace('_', '-')}" for name in RESUME_IGNORES if getattr(args, name, None)]
+        given += [f"--set {o.partition('=')[0]}" for o in args.overrides
+                  if o.partition("=")[0].strip() in ("name", "out_dir")]
+        if given:
+            raise ValueError(f"--resume: continues {args.resume} in place with its own config.json, so "
+                             f"{', '.join(given)} would be ignored; leave them out (a new run from a "
+                             "config: --config without --resume)")
         cfg = load_run_config(args.resume)
     else:
         cfg = load_config(args.config) if args.config is not None else RunConfig()

@@ -22,7 +22,7 @@ from .run_summary import summary_markdown
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
 from .train.config import RunConfig, apply_overrides
-from .train.loop import check_device, load_run_config, refresh_exemplar_cache, seed_everything
+from .train.loop import check_device, differing_settings, load_run_config, refresh_exemplar_cache, seed_everything
 from .train.run_files import RunFiles, write_json
 
 CHECKPOINTS = ("best", "last")
@@ -62,10 +62,25 @@ def load_trained(run_dir: str | Path, checkpoint: str = "best", device: str | No
     model = build(cfg, data)
     path = files.best_checkpoint if checkpoint == "best" else files.last_checkpoint
     ckpt = load_checkpoint(path, map_location=cfg.train.device)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, path, cfg)
     # Test-time exemplar set: the whole training set, encoded by the loaded weights.
     refresh_exemplar_cache(model, cfg.train.eval_batch_size)
     return cfg, model, data, ckpt
+
+
+def load_weights(model: LatentVariableModel, ckpt: dict, path: Path, cfg: RunConfig) -> None:
+    """Load the checkpoint's weights into `model` (built from the run's config.json); a
+    checkpoint of another model (copied in from another run, say) raises a ValueError naming
+    the settings that differ, or else torch's list of missing/unexpected/mismatched keys."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as err:
+        differing = differing_settings(ckpt.get("config") or {}, cfg)
+        if differing:
+            why = "; ".join(f"{key} {before!r} there, {value!r} in config.json" for key, before, value in differing[:4])
+        else:  # torch: a first line, then one tab-indented line per kind of mismatch
+            why = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())[:400] or str(err)
+        raise ValueError(f"{path}: its weights do not fit the model of the run's config.json ({why})") from err
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoint: str = "best", split: str = "test",

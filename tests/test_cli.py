@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -174,6 +175,26 @@ def test_resume_continues_from_the_last_epoch(run_dir, capsys):
     assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=2", *SHORT[4:]]) == 0
     assert json.loads((run_dir / "metrics.json").read_text())["iw_samples"] == 6
     assert "metrics.json already evaluates the best checkpoint; kept" in capsys.readouterr().out
+    # nothing to train: config.json still describes the 2-epoch run, not train.epochs=1
+    assert main(["train", "--resume", str(run_dir), "--set", "train.epochs=1", "--no-eval", *SHORT[4:]]) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert json.loads((run_dir / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_a_checkpoint_of_another_model_names_what_differs(run_dir, tmp_path, capsys):
+    """A VampPrior run's checkpoint copied into an exemplar run's folder: the error names the
+    settings that differ, not torch's first line ("Error(s) in loading state_dict for VAE:")."""
+    assert main(["train", "--config", "configs/mnist-5k-demo.toml", "--set", "prior.name=vamp",
+                 "--set", "prior.num_components=20", "--name", "vamp", "--out-dir", str(tmp_path),
+                 "--no-eval", *SHORT]) == 0
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run_dir, mixed)
+    shutil.copy(tmp_path / "vamp" / "checkpoint_best.pt", mixed / "checkpoint_best.pt")
+    capsys.readouterr()
+    assert main(["evaluate", str(mixed), "--no-pictures", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint_best.pt: its weights do not fit the model of the run's config.json" in err
+    assert "prior.name 'vamp' there, 'exemplar' in config.json" in err
 
 
 @pytest.mark.parametrize("stopped_early, epochs, hint", [
@@ -217,6 +238,9 @@ def test_nothing_to_train_names_the_setting_that_continues_it(stopped_early, epo
     (["train", "--set", "train.epochs=zero"], "train.epochs"),
     (["train", "--set", "prior.mode=exat"], "prior.mode"),
     (["evaluate", "no/such/run"], "no/such/run"),
+    (["train", "--resume", "no/such/run", "--name", "other"], "so --name would be ignored"),
+    (["train", "--resume", "no/such/run", "--config", "c.toml", "--overwrite"], "so --config, --overwrite would"),
+    (["train", "--resume", "no/such/run", "--set", "out_dir=elsewhere"], "so --set out_dir would be ignored"),
     (["sample", "no/such/run", "--out", "x.png", "--kind", "bogus"], "--kind"),
     (["sample", "no/such/run", "--out", "x.png", "--from-noise"], "--from-noise: applies to --kind iterative only"),
     (["sample", "no/such/run", "--out", "x.jpg"], "--out: expected a file name ending in .png"),

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,12 +205,14 @@ class Trainer:
         self._forward = self._compiled(self.step_model)
         if not resume:
             refresh_exemplar_cache(self.model, self.cfg.train.eval_batch_size)  # Algorithm 1: fill the cache
-        if main:
-            save_config_json(self.cfg, self.files.config)
-            self._record_environment(resume)
         t = self.cfg.train
         first_epoch = self.state.epoch
         stopped_early = self.state.bad_epochs >= t.early_stopping_patience
+        if main and (not resume or (first_epoch < t.epochs and not stopped_early)):
+            # a resume with nothing to train leaves config.json describing the run it holds
+            # (not, say, a train.epochs lowered below the epochs done)
+            save_config_json(self.cfg, self.files.config)
+            self._record_environment(resume)
         try:
             while self.state.epoch < t.epochs and not stopped_early:
                 self.state.epoch += 1
@@ -368,19 +371,27 @@ def _finite_state(model: torch.nn.Module) -> torch.Tensor:
         else torch.zeros(())
 
 
+def differing_settings(saved: dict, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, cfg's value) of every setting of what is trained (outside
+    RESUME_MAY_CHANGE) that differs between `saved` (a checkpoint's `config_to_dict`) and cfg."""
+    before, now = flatten(saved), flatten(config_to_dict(cfg))
+    return [(key, before[key], value) for key, value in now.items()
+            if key in before and before[key] != value and key not in RESUME_MAY_CHANGE
+            and f"{key.partition('.')[0]}." not in RESUME_MAY_CHANGE]
+
+
 def check_resume_config(saved: dict, cfg: RunConfig, checkpoint: Path) -> None:
     """ValueError naming the first setting of `cfg` that differs from `saved` (the checkpoint's
     `config_to_dict`) outside RESUME_MAY_CHANGE: a resume continues the checkpoint's run, whose
     restored optimizer and RNG would silently keep the old settings (or fail to load)."""
-    before, now = flatten(saved), flatten(config_to_dict(cfg))
-    for key, value in now.items():
-        may_change = key in RESUME_MAY_CHANGE or f"{key.partition('.')[0]}." in RESUME_MAY_CHANGE
-        if key in before and before[key] != value and not may_change:
-            allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_MAY_CHANGE)
-            raise ValueError(
-                f"resume: {key} is {value!r} but {checkpoint} was trained with {before[key]!r}; a resume "
-                f"continues the same run, so only {allowed} may change; train a new run (another "
-                "--name) for other settings")
+    differing = differing_settings(saved, cfg)
+    if differing:
+        key, before, value = differing[0]
+        allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUME_MAY_CHANGE)
+        raise ValueError(
+            f"resume: {key} is {value!r} but {checkpoint} was trained with {before!r}; a resume "
+            f"continues the same run, so only {allowed} may change; train a new run (another "
+            "--name) for other settings")
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
