@@ -196,7 +196,7 @@ class LatentCache(nn.Module):
             return
         missing = int((self.stamps < 0).sum())
         raise ValueError(f"LatentCache: {missing} of {self.num_items} rows were never "
-                         "written; call refresh_ first")
+                         "written; fill it first (ExemplarPrior.refresh(encoder), or the cache's refresh_)")
 
     def staleness(self) -> Tensor:
         """[N] int64: steps since each row was last written; -1 for rows never written."""

@@ -252,6 +252,10 @@ def _cmd_retrieve(args: argparse.Namespace) -> int:
     cfg, model, data, _ = load_trained(args.run_dir, args.checkpoint, args.device, args.data_root)
     pool = getattr(data, args.split)
     _check_rows(args.n, pool.shape[0], args.split)
+    candidates = data.train.shape[0] - int(args.split == "train")  # a training query skips itself
+    if args.k > candidates:  # before encoding the training split
+        raise ValueError(f"--k: expected at most {candidates} (the training split's rows"
+                         f"{', less the query itself' if args.split == 'train' else ''}), got {args.k}")
     picks = pick_rows(pool.shape[0], args.n, args.seed)
     queries = pool[picks]
     exclude = picks if args.split == "train" else None
@@ -305,10 +309,11 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from .atomic_io import atomic_write_text
-    from .run_table import (METRIC_KEYS, csv_text, find_runs, json_text, latex_report, long_records, markdown_report,
-                            metric_chart)
+    from .run_table import (DEFAULT_METRIC_KEYS, METRIC_KEYS, csv_text, find_runs, json_text, latex_report,
+                            long_records, markdown_report, metric_chart)
 
-    metrics = METRIC_KEYS if args.metrics is None else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    metrics = (DEFAULT_METRIC_KEYS if args.metrics is None
+               else tuple(m.strip() for m in args.metrics.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in METRIC_KEYS]
     if unknown or not metrics:
         raise ValueError(f"--metrics: expected a comma-separated subset of {','.join(METRIC_KEYS)}, "

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from .run_table.runs import DEFAULT_METRIC_KEYS, METRIC_KEYS
+
 SAMPLE_KINDS = ("unconditional", "exemplar", "iterative")
 DATA_SPLITS = ("test", "val", "train")
 SEEDS_HELP = "seeds as a range, a list or both, e.g. 0-4, 0,2,7, 0 1 2 or 0-2,7"
@@ -139,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ta = sub.add_parser("table", help="paper-style tables (mean ± std over seeds) of evaluated run folders")
     ta.add_argument("runs", type=Path, nargs="+", help="run folders, or folders searched for run folders")
-    ta.add_argument("--metrics", help="comma-separated metrics.json keys to tabulate (default: all of "
-                    "log_likelihood, bits_per_dim, elbo, kl, neg_recon, active_units, knn_error.1, knn_error.10)")
+    ta.add_argument("--metrics", help="comma-separated metrics.json keys to tabulate, any of "
+                    f"{', '.join(METRIC_KEYS)} (default: {', '.join(DEFAULT_METRIC_KEYS)})")
     ta.add_argument("--out", type=Path, help="also write the Markdown tables to this file")
     ta.add_argument("--csv", type=Path, help="write one row per (experiment, metric): mean, std, n, seeds, runs")
     ta.add_argument("--json", type=Path, help="the same records as JSON, with each experiment's settings")

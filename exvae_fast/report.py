@@ -19,6 +19,7 @@ from .plots import plot_embedding, plot_training_curves, read_jsonl, save_image_
 from .priors import ExemplarPrior
 from .priors.base import check_count
 from .run_summary import summary_markdown
+from .run_table.runs import KNN_KS
 from .train.builder import build, load_data
 from .train.checkpoint import load_checkpoint
 from .train.config import RunConfig, apply_overrides
@@ -30,7 +31,6 @@ SPLITS = ("test", "val")
 EXEMPLAR_ROWS = 10  # exemplars shown in the exemplar-conditioned grid
 EXEMPLAR_SAMPLES = 11  # samples beside each exemplar (the paper's Figure 2 plates: 1 + 11)
 GAP_KS = (1, 5, 10, 50)  # neighbour counts of the retrieval gap (plus the prior's own k)
-KNN_KS = (1, 3, 5, 10)  # neighbour counts of the latent kNN classification (labelled data sets)
 GAP_TRAIN_ROWS = 2000  # training rows (evenly spaced, each leaving itself out) it is measured on
 LATENT_POINTS = 2000  # test points in the latent-space picture evaluation draws for labelled data
 

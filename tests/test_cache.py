@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -39,8 +40,9 @@ def test_update_writes_norms_stamps_and_staleness():
     assert cache.step == 6
     assert cache.staleness().tolist() == [0, 3, -1, -1, 3]
     assert cache.mean_staleness() == 2.0
-    never = "LatentCache: 2 of 5 rows were never written; call refresh_ first"
-    with pytest.raises(ValueError, match=never):
+    never = ("LatentCache: 2 of 5 rows were never written; fill it first (ExemplarPrior.refresh(encoder), "
+             "or the cache's refresh_)")
+    with pytest.raises(ValueError, match=re.escape(never)):
         cache.check_complete()
 
 

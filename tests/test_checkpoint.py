@@ -126,8 +126,9 @@ def test_truncated_file_is_reported_as_corrupt(tmp_path, keep):
 
 def test_text_file_is_reported_as_corrupt(tmp_path):
     (tmp_path / "notes.pt").write_text("hello, not a checkpoint")
-    with pytest.raises(ValueError, match="not an exvae-fast checkpoint"):
+    with pytest.raises(ValueError, match="not an exvae-fast checkpoint") as caught:
         load_checkpoint(tmp_path / "notes.pt")
+    assert "weights_only" not in str(caught.value)
 
 
 class Foreign:
@@ -140,8 +141,10 @@ def test_foreign_torch_files_are_refused(tmp_path):
         load_checkpoint(tmp_path / "plain.pt")
     torch.save({"format": "exvae-fast-checkpoint", "format_version": 1, "state": Foreign()},
                tmp_path / "code.pt")
-    with pytest.raises(ValueError, match="corrupt/truncated"):
+    with pytest.raises(ValueError, match="corrupt/truncated") as caught:
         load_checkpoint(tmp_path / "code.pt")
+    # torch's own text would advise weights_only=False, an unsafe load
+    assert "weights_only" not in str(caught.value) and "never done here" in str(caught.value)
 
 
 def test_other_format_version_is_refused(tmp_path):

@@ -149,6 +149,29 @@ def test_table_of_a_trained_run(run_dir, capsys):
     assert f"| Exemplar VAE (retrieval, k=10) | {metrics['log_likelihood']:.2f} |" in printed
     assert f"| Exemplar VAE (retrieval, k=10) | {100 * metrics['knn_error']['1']:.2f} |" in printed
     assert f"{metrics['iw_samples']} importance samples per point" in printed
+    assert "3-NN" not in printed  # kNN errors for k = 1 and 10 by default; any k evaluated on request
+    assert main(["table", str(run_dir.parent), "--metrics", "knn_error.3,knn_error.5"]) == 0
+    printed = capsys.readouterr().out
+    assert f"| Exemplar VAE (retrieval, k=10) | {100 * metrics['knn_error']['3']:.2f} |" in printed
+    assert "### 5-NN classification error of the posterior means (%)" in printed
+
+
+def test_sizes_are_checked_against_the_data_before_any_work(run_dir, tmp_path, monkeypatch, capsys):
+    """retrieve --k beyond the training split is refused before the split is encoded; a
+    config's prior.k or prior.num_exemplars beyond the training set names the config key."""
+    from exvae_fast import evaluation
+
+    monkeypatch.setattr(evaluation, "encode_means", lambda *a, **k: pytest.fail("encoded the training split"))
+    assert main(["retrieve", str(run_dir), "--k", "5000", "--out", str(tmp_path / "r.png")]) == 2
+    assert "--k: expected at most 4000 (the training split's rows), got 5000" in capsys.readouterr().err
+    assert main(["retrieve", str(run_dir), "--split", "train", "--k", "4000", "--out", str(tmp_path / "r.png")]) == 2
+    assert "--k: expected at most 3999 (the training split's rows, less the query itself)" in capsys.readouterr().err
+    base = ["train", "--config", "configs/mnist-5k-demo.toml", "--out-dir", str(tmp_path), "--no-eval", *SHORT]
+    assert main([*base, "--set", "prior.k=5000"]) == 2
+    assert ("prior.k: expected at most 1999 (prior.num_exemplars, by default half of the 4000 training "
+            "examples: 2000, less one for leave-one-out), got 5000") in capsys.readouterr().err
+    assert main([*base, "--set", "prior.num_exemplars=10000"]) == 2
+    assert "prior.num_exemplars: expected at most the 4000 training examples, got 10000" in capsys.readouterr().err
 
 
 def test_resume_continues_from_the_last_epoch(run_dir, capsys):
@@ -237,7 +260,8 @@ def test_nothing_to_train_names_the_setting_that_continues_it(stopped_early, epo
     (["train", "--config", "missing.toml"], "missing.toml"),
     (["train", "--set", "train.epochs=zero"], "train.epochs"),
     (["train", "--set", "prior.mode=exat"], "prior.mode"),
-    (["evaluate", "no/such/run"], "no/such/run"),
+    (["evaluate", "no/such/run"], "run_dir: no/such/run does not exist"),
+    (["evaluate", "configs/mnist-5k-demo.toml"], "run_dir: configs/mnist-5k-demo.toml is a file, not a run folder"),
     (["train", "--resume", "no/such/run", "--name", "other"], "so --name would be ignored"),
     (["train", "--resume", "no/such/run", "--config", "c.toml", "--overwrite"], "so --config, --overwrite would"),
     (["train", "--resume", "no/such/run", "--set", "out_dir=elsewhere"], "so --set out_dir would be ignored"),

@@ -79,8 +79,11 @@ def test_bad_files_name_the_problem(tmp_path, content, kwargs, message):
 
 def test_unreadable_and_missing_files(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="cannot read") as caught:
         load_dataset("array", tmp_path / "broken.npz")
+    # numpy's own text would advise loading the file unsafely (allow_pickle)
+    assert "neither a .npz archive nor a .npy array" in str(caught.value)
+    assert "allow_pickle" not in str(caught.value)
     with pytest.raises(FileNotFoundError, match="data.npz"):
         load_dataset("array", tmp_path)
 

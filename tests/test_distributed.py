@@ -546,7 +546,7 @@ def test_sharded_update_equals_one_update_in_rank_order(run, dtype):
         assert got["mean_staleness"] == want.mean_staleness()
         assert got["complete"] is False
         assert got["check"] == ("ValueError", "ShardedLatentCache: 6 of 37 rows were never written; "
-                                "call refresh_ first")
+                                "fill it first (ExemplarPrior.refresh(encoder), or the cache's refresh_)")
 
 
 def test_sharded_update_rejects_bad_arguments_on_every_rank(run):
@@ -598,7 +598,8 @@ def test_sharded_refresh_rows_completeness_and_round_trips(run):
         assert got["complete_before"] is False and got["complete_after"] is True
         assert got["complete_after_partial_load"] == [False, True, False]
         assert got["check_before"] == ("ValueError", "ShardedLatentCache: 37 of 37 rows were never "
-                                       "written; call refresh_ first")
+                                       "written; fill it first (ExemplarPrior.refresh(encoder), or the "
+                                       "cache's refresh_)")
         assert got["stale_before"] != got["stale_before"]  # nan: nothing written yet
         _assert_state(got["refreshed"], reference)
         assert got["mean_staleness"] == after.mean_staleness() and got["mean_staleness"] > 0

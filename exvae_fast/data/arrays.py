@@ -40,7 +40,11 @@ def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             with content as f:
                 arrays = {key: f[key] for key in f.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-        raise ValueError(f"{NAME}: cannot read {str(path)!r} as a NumPy .npz file: {err}") from err
+        # numpy takes a file that is neither .npz nor .npy for a pickle, and suggests loading it
+        # unsafely: say what the file is not instead
+        why = ("neither a .npz archive nor a .npy array (numpy would have to unpickle it, which is "
+               "never done here)" if "pickle" in str(err) else str(err))
+        raise ValueError(f"{NAME}: cannot read {str(path)!r} as a NumPy .npz file: {why}") from err
     if arrays is None:
         raise ValueError(f"{NAME}: {str(path)!r} holds a single array (.npy), not a .npz archive; save the "
                          "images with np.savez(path, train=images, ...)")

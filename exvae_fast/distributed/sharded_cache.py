@@ -231,7 +231,7 @@ class ShardedLatentCache(nn.Module):
         missing = self._missing()
         if missing:
             raise ValueError(f"ShardedLatentCache: {missing} of {self.num_items} rows were never "
-                             "written; call refresh_ first")
+                             "written; fill it first (ExemplarPrior.refresh(encoder), or the cache's refresh_)")
 
     def _missing(self) -> int:
         if self._known_complete:

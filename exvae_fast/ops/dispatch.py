@@ -99,6 +99,9 @@ def resolve_backend(op: str, backend: str, *tensors: Tensor | None) -> str:
     if backend not in usable:
         if backend in _REGISTRY[op]:
             why = f"does not support device type {device_type!r}"
+            if backend == "triton" and device_type == "cpu":
+                why += (" (Triton kernels run on CUDA; on a CPU only in Triton's interpreter, for tests: "
+                        "TRITON_INTERPRET=1 set before triton is imported)")
         elif op in OP_BACKENDS and backend not in OP_BACKENDS[op]:
             why = f"is not available ({op} is written in {', '.join(OP_BACKENDS[op])} only)"
         else:

@@ -52,6 +52,11 @@ STALE_CACHE_WARNING = ("ExemplarPrior.log_prob in eval mode: the latent cache ho
                        "training so that every exemplar is encoded by the final model")
 
 
+def default_num_exemplars(num_items: int) -> int:
+    """M, the exemplars drawn per step, when not given: half of the training set (at least 2)."""
+    return max(2, num_items // 2)
+
+
 class ExemplarPrior(Prior):
     """Exemplar prior over `exemplars` [N, D] (the non-binarised training images).
 
@@ -89,7 +94,8 @@ class ExemplarPrior(Prior):
         _check_cache_dtype(cache_dtype)
         self.latent_dim = check_count(latent_dim, "latent_dim")
         self.mode = mode
-        self.num_exemplars = max(2, num_items // 2) if num_exemplars is None else check_count(num_exemplars, "num_exemplars")
+        self.num_exemplars = (default_num_exemplars(num_items) if num_exemplars is None
+                              else check_count(num_exemplars, "num_exemplars"))
         if self.num_exemplars > num_items:
             raise ValueError(f"num_exemplars: expected at most the {num_items} exemplars, got {self.num_exemplars}")
         self.k = check_count(k, "k")

@@ -30,12 +30,12 @@ The package reads and groups runs in `runs` and renders them in `render`.
 """
 from .render import (LATEX_SPECIAL, NUMBER, Cell, csv_text, json_text, latex_escape, latex_report, latex_table,
                      long_records, markdown_report, markdown_table, metric_cells, metric_chart, metric_table)
-from .runs import (EVALUATION_KEYS, EVALUATION_NAMES, METRIC_KEYS, METRICS, MODEL_NAMES, NOT_EXPERIMENT_SETTINGS,
+from .runs import (DEFAULT_METRIC_KEYS, EVALUATION_KEYS, EVALUATION_NAMES, METRIC_KEYS, METRICS, MODEL_NAMES, NOT_EXPERIMENT_SETTINGS,
                    Experiment, Metric, Run, find_runs, group_experiments, mean_spread, mean_std, row_name)
 
 __all__ = [
     # runs: reading and grouping
-    "NOT_EXPERIMENT_SETTINGS", "EVALUATION_KEYS", "EVALUATION_NAMES", "MODEL_NAMES", "Metric", "METRICS", "METRIC_KEYS",
+    "NOT_EXPERIMENT_SETTINGS", "EVALUATION_KEYS", "EVALUATION_NAMES", "MODEL_NAMES", "Metric", "METRICS", "METRIC_KEYS", "DEFAULT_METRIC_KEYS",
     "Run", "Experiment", "find_runs", "group_experiments", "row_name", "mean_std", "mean_spread",
     # render: tables, reports, chart, records
     "Cell", "metric_cells", "metric_table", "LATEX_SPECIAL", "NUMBER", "latex_escape", "latex_table", "latex_report",

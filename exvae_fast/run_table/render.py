@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Collection, Sequence
 
 from ..train.config import DATASETS
-from .runs import (EVALUATION_KEYS, METRIC_KEYS, METRICS, MODEL_NAMES, Experiment, Metric, Run, _evaluation_text,
+from .runs import (DEFAULT_METRIC_KEYS, EVALUATION_KEYS, METRIC_KEYS, METRICS, MODEL_NAMES, Experiment, Metric, Run, _evaluation_text,
                    _varying_evaluation, group_experiments, mean_spread, mean_std)
 
 
@@ -144,7 +144,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]],
     return "\n".join(lines)
 
 
-def markdown_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> str:
+def markdown_report(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRIC_KEYS) -> str:
     """Every requested metric's table with a heading, then what was averaged and which runs
     are not evaluated yet."""
     experiments = group_experiments(runs)
@@ -171,7 +171,7 @@ def metric_chart(runs: Sequence[Run], metric_key: str, path: str | Path) -> None
     plot_metric_points(panels, path, metric.title, "mean ± sample std over seeds (exvae table)")
 
 
-def latex_report(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> str:
+def latex_report(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRIC_KEYS) -> str:
     """The same tables as LaTeX (booktabs), the notes as a comment."""
     experiments = group_experiments(runs)
     parts = ["% " + " ".join(_notes(runs, experiments)).replace("\n", " ")]
@@ -210,7 +210,7 @@ def _notes(runs: Sequence[Run], experiments: Sequence[Experiment]) -> list[str]:
     return notes
 
 
-def long_records(runs: Sequence[Run], metrics: Sequence[str] = METRIC_KEYS) -> list[dict[str, Any]]:
+def long_records(runs: Sequence[Run], metrics: Sequence[str] = DEFAULT_METRIC_KEYS) -> list[dict[str, Any]]:
     """One record per (experiment, metric) that was measured: label, data set, mean, sample
     std (None for one run), count, and the seeds and run folders that measured it."""
     records = []

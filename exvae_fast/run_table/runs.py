@@ -51,6 +51,9 @@ class Metric:
         return None if value is None else float(value) * self.scale
 
 
+KNN_KS = (1, 3, 5, 10)
+"""Neighbour counts of the latent kNN classification error an evaluation writes (labelled data)."""
+
 METRICS = (
     Metric("log_likelihood", "Test log-likelihood (nats, importance-weighted)", True, evaluation=EVALUATION_KEYS),
     Metric("bits_per_dim", "Bits per dimension", False, digits=4, evaluation=EVALUATION_KEYS),
@@ -58,10 +61,12 @@ METRICS = (
     Metric("kl", "KL term of the ELBO (nats)", False),
     Metric("neg_recon", "Negative reconstruction term of the ELBO (nats)", False),
     Metric("active_units", "Active units (Var(mu) > threshold)", True, digits=1),
-    Metric("knn_error.1", "1-NN classification error of the posterior means (%)", False, 100.0, 2),
-    Metric("knn_error.10", "10-NN classification error of the posterior means (%)", False, 100.0, 2),
+    *(Metric(f"knn_error.{k}", f"{k}-NN classification error of the posterior means (%)", False, 100.0, 2)
+      for k in KNN_KS),
 )
 METRIC_KEYS = tuple(m.key for m in METRICS)
+DEFAULT_METRIC_KEYS = tuple(key for key in METRIC_KEYS if key not in ("knn_error.3", "knn_error.5"))
+"""The tables drawn unless asked for others: kNN errors for k = 1 and 10 only."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ before writing and names the offending entry.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -79,9 +80,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     except (PermissionError, IsADirectoryError):
         raise
     except Exception as e:  # torch.load reports damage as RuntimeError, OSError, EOFError, ...
-        raise ValueError(
-            f"{path}: not an exvae-fast checkpoint, or corrupt/truncated ({type(e).__name__}: {e})"
-        ) from e
+        # torch's refusal to unpickle suggests weights_only=False: never an option here
+        detail = ("torch could read it only by unpickling arbitrary Python objects, never done here"
+                  if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}")
+        raise ValueError(f"{path}: not an exvae-fast checkpoint, or corrupt/truncated ({detail})") from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not an exvae-fast checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     version = payload.get("format_version")

@@ -397,6 +397,10 @@ def check_resume_config(saved: dict, cfg: RunConfig, checkpoint: Path) -> None:
 def load_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config saved in a run folder."""
     path = RunFiles(Path(run_dir)).config
+    if not Path(run_dir).is_dir():
+        what = "is a file, not a run folder" if Path(run_dir).exists() else "does not exist"
+        raise FileNotFoundError(f"run_dir: {run_dir} {what} (a run folder holds config.json and "
+                                "checkpoint_*.pt)")
     if not path.exists():
         raise FileNotFoundError(f"run_dir: no config.json in {run_dir} (is it a run folder?)")
     return config_from_dict(json.loads(path.read_text(encoding="utf-8")))
