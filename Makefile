@@ -1,12 +1,15 @@
 # Two commands on a fresh machine (Python 3.11, no GPU): `make demo` and `make test`.
-# Both create .venv on first use and install what they need. torch is pinned to the
-# CPU build 2.13.0; on a machine that already has a CUDA torch, set TORCH_SPEC="" to keep it.
+# Both create .venv on first use and install what they need. torch is pinned to 2.13.0, as
+# pip resolves it for the platform: on Linux, PyPI's is the CUDA build (several GB); for the
+# CPU build set TORCH_INDEX=https://download.pytorch.org/whl/cpu (or have a local CPU wheel in
+# pip's find-links); on a machine that already has a CUDA torch, set TORCH_SPEC="" to keep it.
 # triton 3.8.0 runs the Triton kernels' tests in its interpreter on CPU (3.6's interpreter
 # breaks with numpy 2); on a GPU machine set TRITON_SPEC="" to keep its own triton.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 TRITON_SPEC ?= triton==3.8.0
 STAMP := $(VENV)/.installed
 
@@ -17,7 +20,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=23" "setuptools>=64" wheel
-	$(if $(TORCH_SPEC),$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)")
+	$(if $(TORCH_SPEC),$(PY) -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)")
 	$(if $(TRITON_SPEC),$(PY) -m pip install --quiet --disable-pip-version-check "$(TRITON_SPEC)")
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation -e ".[test]"
 	touch $(STAMP)

@@ -189,6 +189,7 @@ class LatentCache(nn.Module):
             self._known_complete = bool((self.stamps >= 0).all())
         return self._known_complete
 
+    @torch.compiler.disable  # eager under torch.compile: a host read (no graph break warning)
     def check_complete(self) -> None:
         """ValueError unless every row has been written at least once (scans the stamps only
         until that was once found true: the training step calls it every time)."""

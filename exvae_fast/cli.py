@@ -354,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     from .train.loop import TrainingDiverged
 
     args = build_parser().parse_args(argv)
+    threads_before = torch.get_num_threads()
     try:
+        threads = getattr(args, "threads", None)
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"--threads: expected a positive integer, got {threads}")
+            torch.set_num_threads(threads)
         return COMMANDS[args.command](args)
     except TrainingDiverged as err:
         print(f"exvae {args.command}: training diverged: {err}", file=sys.stderr)
@@ -369,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"exvae {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:  # main() called from Python (a notebook, the tests) leaves torch as it found it
+        torch.set_num_threads(threads_before)
 
 
 if __name__ == "__main__":

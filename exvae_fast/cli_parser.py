@@ -33,6 +33,15 @@ def parse_seeds(spec: str | Sequence[str]) -> list[int]:
     return seeds
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse with usage errors in one line, as the commands report bad input (argparse
+    prints the whole usage block first): "exvae train: error: MESSAGE (exvae train --help)",
+    exit status 2. Sub-command parsers are of this class too (add_subparsers takes the type)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help)\n")
+
+
 class SeedsAction(argparse.Action):
     """`--seeds` given as `parse_seeds` reads them (nargs="+"): stores list[int]; a bad list
     is argparse's usage error (exit status 2)."""
@@ -43,6 +52,12 @@ class SeedsAction(argparse.Action):
             setattr(namespace, self.dest, parse_seeds(values))  # type: ignore[arg-type]
         except ValueError as error:
             parser.error(str(error))
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """--threads N: torch's CPU threads for the command (default: torch's, about one per core)."""
+    parser.add_argument("--threads", type=int, help="CPU threads torch may use (default: torch's, one per "
+                        "core; fewer leaves room for other work on a shared machine)")
 
 
 def trained_run_parser(sub, name: str, help: str, seeded: bool = True) -> argparse.ArgumentParser:
@@ -56,11 +71,12 @@ def trained_run_parser(sub, name: str, help: str, seeded: bool = True) -> argpar
                    "was trained (config data.root)")
     if seeded:
         p.add_argument("--seed", type=int, default=0, help="seed of the random picks and samples (default: 0)")
+    add_threads_option(p)
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exvae", description="Fast Exemplar VAE: download data, train, evaluate, "
+    parser = OneLineErrorParser(prog="exvae", description="Fast Exemplar VAE: download data, train, evaluate, "
                                      "sample, augment, retrieve, embed, tabulate, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -94,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="replace a run already in the run folder (default: refuse, to keep it)")
     tr.add_argument("--no-eval", action="store_true", help="skip the final test evaluation and pictures")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_threads_option(tr)
 
     ev = trained_run_parser(sub, "evaluate", seeded=False,
                              help="evaluate a run folder: ELBO, KL/reconstruction, IWAE log-likelihood")

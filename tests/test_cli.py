@@ -278,6 +278,20 @@ def test_bad_input_is_one_line_and_nonzero(argv, message, capsys):
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
 
 
+def test_threads_caps_torch_for_the_command_only(run_dir, tmp_path, monkeypatch):
+    """--threads N: the command runs with N torch threads; main() restores the caller's."""
+    from exvae_fast import cli
+
+    seen = []
+    real = cli.COMMANDS["sample"]
+    monkeypatch.setitem(cli.COMMANDS, "sample", lambda args: seen.append(torch.get_num_threads()) or real(args))
+    before = torch.get_num_threads()
+    out = tmp_path / "s.png"
+    assert main(["sample", str(run_dir), "--n", "1", "--per-row", "2", "--out", str(out), "--threads", "1"]) == 0
+    assert seen == [1] and out.is_file() and torch.get_num_threads() == before
+    assert main(["sample", str(run_dir), "--out", str(out), "--threads", "0"]) == 2
+
+
 def test_module_entry_point_prints_help():
     out = subprocess.run([sys.executable, "-m", "exvae_fast", "--help"], capture_output=True, text=True, check=True)
     assert "train" in out.stdout and "augment" in out.stdout
@@ -340,7 +354,9 @@ def test_a_seed_sweep_trains_resumes_and_tabulates(tmp_path, capsys):
             parse_seeds(bad)
     with pytest.raises(SystemExit) as exit_:  # argparse's usage error, before any training
         main(["train", "--seeds", "2-1", "--out-dir", str(tmp_path)])
-    assert exit_.value.code == 2 and "--seeds: expected distinct seeds" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("exvae train: error: --seeds: expected distinct seeds")
+    assert len(err.splitlines()) == 1 and err.rstrip().endswith("(exvae train --help)")  # no usage block
     argv = ["train", "--config", "configs/mnist-5k-demo.toml", "--set", "prior.name=standard", "--name", "sweep",
             "--out-dir", str(tmp_path), "--seeds", "0", "1", "--set", "eval.num_sample_images=4", *SHORT]
     assert main(argv) == 0

@@ -226,6 +226,7 @@ class ShardedLatentCache(nn.Module):
         per call until that was found true, none after it until a state is loaded)."""
         return self._missing() == 0
 
+    @torch.compiler.disable  # eager under torch.compile: a collective and a host read
     def check_complete(self) -> None:
         """COLLECTIVE. ValueError (on every rank) unless every row has been written."""
         missing = self._missing()
