@@ -67,6 +67,9 @@ def test_mnist_split_values_and_labels(tmp_path, name, compress):
     assert data.val.shape == (4, 784) and data.test.shape == (N_TEST, 784)
     # train is the first rows, grey, unshuffled; val is the LAST rows of the training file.
     np.testing.assert_allclose(data.train.numpy(), train_images[:-4], rtol=0, atol=1e-7)
+    # val binarises the last 4 rows themselves: black pixels stay 0 and white ones 1 there
+    last = train_images[-4:]
+    assert (data.val.numpy()[last == 0] == 0).all() and (data.val.numpy()[last == 1] == 1).all()
     labels = arrays["train-labels-idx1-ubyte"].astype(np.int64)
     assert data.train_labels.tolist() == labels[:-4].tolist()
     assert data.val_labels.tolist() == labels[-4:].tolist()

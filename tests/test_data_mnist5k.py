@@ -64,3 +64,25 @@ def test_split_is_a_partition_of_the_file(mnist5k):
     assert torch.bincount(all_labels).tolist() == np.bincount(labels).tolist()
     # The file is sorted by class, so an unshuffled split would give train only digits 0..7.
     assert mnist5k.train_labels[:50].unique().numel() > 5
+
+
+def test_val_and_test_are_binarised_by_independent_draws(mnist5k):
+    """Row i of val and row i of test get their own Bernoulli draws: where both are grey, both
+    are 1 about g_val * g_test of the time (shared uniforms would give min(g_val, g_test),
+    correlating the two evaluation splits)."""
+    from exvae_fast.data import mnist5k as module
+
+    source = resources.files("exvae_fast.data").joinpath("mnist_5k.npz")
+    with source.open("rb") as handle, np.load(handle) as archive:
+        images = torch.from_numpy(archive["images"].astype(np.float64) / 255)
+    order = torch.from_numpy(np.random.RandomState(module.SPLIT_SEED).permutation(images.shape[0]))
+    grey_val = images[order[module.N_TRAIN:module.N_TRAIN + module.N_VAL]]
+    grey_test = images[order[module.N_TRAIN + module.N_VAL:]]
+    both = (grey_val > 0) & (grey_val < 1) & (grey_test > 0) & (grey_test < 1)
+    assert int(both.sum()) > 5000
+    observed = float((mnist5k.val.double() * mnist5k.test.double())[both].sum())
+    independent = float((grey_val * grey_test)[both].sum())
+    shared = float(torch.minimum(grey_val, grey_test)[both].sum())
+    # halfway between the two hypotheses: about 5 standard deviations of the sum (33,553
+    # grey pairs) from each
+    assert abs(observed - independent) < 0.5 * (shared - independent), (observed, independent, shared)

@@ -60,8 +60,11 @@ def test_discretized_logistic_matches_cdf_difference_and_edges():
 def test_discretized_logistic_snaps_to_bin_centres():
     mean, log_scale = torch.tensor([0.4]), torch.tensor([-2.5])
     centre = log_discretized_logistic(torch.tensor([100 / 255]), mean, log_scale)
-    near = log_discretized_logistic(torch.tensor([100 / 255 + 0.4 / 255]), mean, log_scale)
-    assert near.item() == centre.item()
+    # the nearest centre on either side (a floor would put 99.6 / 255 in bin 99)
+    for offset in (0.4, -0.4):
+        near = log_discretized_logistic(torch.tensor([(100 + offset) / 255]), mean, log_scale)
+        assert near.item() == centre.item(), offset
+    assert log_discretized_logistic(torch.tensor([100.6 / 255]), mean, log_scale).item() != centre.item()
 
 
 def test_discretized_logistic_far_tail_is_finite_and_exact():

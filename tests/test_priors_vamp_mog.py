@@ -101,3 +101,55 @@ def test_mixture_log_density_is_finite_and_exact_for_many_far_components():
                                        * torch.exp(-log_vars.double()[None])).sum(-1), 1) - math.log(k)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-3)
+
+
+def reference_mixture(z, means, log_vars, log_weights):
+    """float64 log sum_k w_k N(z | means_k, diag exp(log_vars_k)) from the whole [B, K, d]."""
+    z, means, log_vars = z.double(), means.double(), log_vars.double()
+    log_normal = -0.5 * (math.log(2 * math.pi) + log_vars[None] + (z[:, None] - means[None]) ** 2
+                         * torch.exp(-log_vars[None])).sum(-1)
+    return torch.logsumexp(log_normal + log_weights.double(), 1)
+
+
+def test_rows_processed_in_chunks_are_each_their_own(monkeypatch):
+    """A budget of 2 rows x K x d per chunk (IWAE sends tens of thousands of rows through a
+    VampPrior(500)): 7 rows in 4 uneven chunks, each scored against its own z."""
+    from exvae_fast.priors import diag_mixture
+
+    gen = torch.Generator().manual_seed(1)
+    means, log_vars = torch.randn(5, d, generator=gen), 0.3 * torch.randn(5, d, generator=gen)
+    log_weights = torch.log_softmax(torch.randn(5, generator=gen), 0)
+    z = torch.randn(7, d, generator=gen)
+    monkeypatch.setattr(diag_mixture, "ELEMENT_BUDGET", 2 * 5 * d)
+    out = log_mixture_diag(z, means, log_vars, log_weights)
+    torch.testing.assert_close(out.double(), reference_mixture(z, means, log_vars, log_weights))
+
+
+def test_vamp_components_are_the_encodings_of_the_clamped_pseudo_inputs():
+    """Raw pseudo-inputs outside [0, 1] are clamped to the pixel range before encoding."""
+    encoder = Encoder()
+    raw = torch.linspace(-1.0, 2.0, 3 * D).reshape(3, D)
+    prior = VampPrior(d, D, num_components=3, init=raw).eval()
+    z = torch.randn(4, d)
+    mu, log_var = encoder(raw.clamp(0.0, 1.0))
+    want = reference_mixture(z, mu, log_var, torch.full((3,), -math.log(3)))
+    torch.testing.assert_close(prior.log_prob(z, encoder=encoder).double(), want.detach())
+
+
+def test_mog_subsampling_renormalises_the_weights_over_the_drawn_components(monkeypatch):
+    """Training with components_per_step: the mixture of the drawn components, their learned
+    weights renormalised over the subset (paper appendix K)."""
+    torch.manual_seed(0)
+    prior = MoGPrior(d, num_components=6, components_per_step=3).train()
+    with torch.no_grad():
+        prior.logits.copy_(torch.randn(6))
+        prior.log_vars.copy_(0.2 * torch.randn(6, d))
+    drawn = torch.tensor([4, 1, 3])
+    monkeypatch.setattr(prior.subsampling, "draw", lambda training, device: drawn if training else None)
+    z = torch.randn(5, d)
+    want = reference_mixture(z, prior.means[drawn], prior.log_vars[drawn],
+                             torch.log_softmax(prior.logits[drawn], 0))
+    torch.testing.assert_close(prior.log_prob(z).double(), want.detach())
+    prior.eval()  # every component, weights over all of them
+    torch.testing.assert_close(prior.log_prob(z).double(), reference_mixture(
+        z, prior.means, prior.log_vars, torch.log_softmax(prior.logits, 0)).detach())
