@@ -232,7 +232,7 @@ def test_k_above_max_k_uses_the_reference(no_launch):
     assert torch.equal(indices.cpu(), want_i)
 
 
-@settings(max_examples=75, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(data=st.data(), batch=st.integers(1, 5), size=st.integers(1, 40), dim=st.integers(1, 5),
        use_candidates=st.booleans(), use_exclude=st.booleans())
 def test_property_matches_brute_force(data, batch, size, dim, use_candidates, use_exclude):
