@@ -52,9 +52,24 @@ STALE_CACHE_WARNING = ("ExemplarPrior.log_prob in eval mode: the latent cache ho
                        "training so that every exemplar is encoded by the final model")
 
 
-def default_num_exemplars(num_items: int) -> int:
-    """M, the exemplars drawn per step, when not given: half of the training set (at least 2)."""
-    return max(2, num_items // 2)
+def check_exemplar_counts(num_items: int, num_exemplars: int | None, k: int, mode: str, leave_one_out: bool,
+                          *, prefix: str = "", items: str = "exemplars") -> int:
+    """M, the exemplars drawn per step (num_exemplars, by default half of the num_items
+    exemplars, at least 2), after checking that it fits them and leaves every row a component
+    and, in retrieval mode, k neighbours; ValueError naming `prefix` + the argument."""
+    drawn = max(2, num_items // 2) if num_exemplars is None else check_count(num_exemplars, f"{prefix}num_exemplars")
+    if drawn > num_items:
+        raise ValueError(f"{prefix}num_exemplars: expected at most the {num_items} {items}, got {drawn}")
+    check_count(k, f"{prefix}k")
+    available = drawn - int(leave_one_out)
+    if available < 1:  # a row drawing its own exemplar would have an empty prior
+        raise ValueError(f"{prefix}num_exemplars: expected at least 2 with leave-one-out, got {drawn}")
+    if mode == "retrieval" and k > available:
+        source = (f"{prefix}num_exemplars = {drawn}" if num_exemplars is not None else
+                  f"{prefix}num_exemplars, by default half of the {num_items} {items}: {drawn}")
+        raise ValueError(f"{prefix}k: expected at most {available} ({source}"
+                         f"{', less one for leave-one-out' if leave_one_out else ''}), got {k}")
+    return drawn
 
 
 class ExemplarPrior(Prior):
@@ -94,17 +109,8 @@ class ExemplarPrior(Prior):
         _check_cache_dtype(cache_dtype)
         self.latent_dim = check_count(latent_dim, "latent_dim")
         self.mode = mode
-        self.num_exemplars = (default_num_exemplars(num_items) if num_exemplars is None
-                              else check_count(num_exemplars, "num_exemplars"))
-        if self.num_exemplars > num_items:
-            raise ValueError(f"num_exemplars: expected at most the {num_items} exemplars, got {self.num_exemplars}")
-        self.k = check_count(k, "k")
-        available = self.num_exemplars - int(leave_one_out)
-        if available < 1:  # a row drawing its own exemplar would have an empty prior
-            raise ValueError(f"num_exemplars: expected at least 2 with leave-one-out, got {self.num_exemplars}")
-        if mode == "retrieval" and self.k > available:
-            raise ValueError(f"k: expected at most {available} (num_exemplars"
-                             f"{' - 1 for leave-one-out' if leave_one_out else ''}), got {self.k}")
+        self.num_exemplars = check_exemplar_counts(num_items, num_exemplars, k, mode, leave_one_out)
+        self.k = k
         self.retrieval_mixture = retrieval_mixture
         self.leave_one_out = leave_one_out
         self.backend = backend

@@ -7,8 +7,8 @@ from ..ann import FaissIndex
 from ..data import DataSplits, load_dataset
 from ..models import LatentVariableModel, build_model
 from ..priors import ExemplarPrior, MoGPrior, Prior, StandardPrior, VampPrior
-from ..priors.exemplar import default_num_exemplars
-from .config import ConfigError, PriorConfig, RunConfig
+from ..priors.exemplar import check_exemplar_counts
+from .config import ConfigError, RunConfig
 
 
 def load_data(cfg: RunConfig) -> DataSplits:
@@ -34,7 +34,11 @@ def build_prior(cfg: RunConfig, data: DataSplits) -> Prior:
     if p.name == "vamp":
         return VampPrior(d, data.train.shape[1], p.num_components, p.components_per_step)
     if p.name == "exemplar":
-        _check_exemplar_counts(p, data.train.shape[0])
+        try:  # before the prior would name its own arguments, not the config's keys
+            check_exemplar_counts(data.train.shape[0], p.num_exemplars, p.k, p.mode, p.leave_one_out,
+                                  prefix="prior.", items="training examples")
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if p.index == "ivf" and p.index_nlist > data.train.shape[0]:
             raise ConfigError(f"prior.index_nlist: expected at most the {data.train.shape[0]} training "
                               f"examples (IVF needs one per k-means list), got {p.index_nlist}")
@@ -42,21 +46,6 @@ def build_prior(cfg: RunConfig, data: DataSplits) -> Prior:
                              retrieval_mixture=p.retrieval_mixture, leave_one_out=p.leave_one_out, init_log_var=p.init_log_var, backend=p.backend,
                              cache_dtype=getattr(torch, p.cache_dtype), index=build_index(cfg))
     raise ValueError(f"prior.name: expected standard, mog, vamp or exemplar, got {p.name!r}")
-
-
-def _check_exemplar_counts(p: PriorConfig, num_train: int) -> None:
-    """ConfigError naming prior.num_exemplars or prior.k when the training set is too small for
-    them (the prior would name its own arguments, not the config's keys)."""
-    if p.num_exemplars is not None and p.num_exemplars > num_train:
-        raise ConfigError(f"prior.num_exemplars: expected at most the {num_train} training examples, "
-                          f"got {p.num_exemplars}")
-    drawn = default_num_exemplars(num_train) if p.num_exemplars is None else p.num_exemplars
-    available = drawn - int(p.leave_one_out)
-    if p.mode == "retrieval" and p.k > available:
-        source = (f"prior.num_exemplars = {drawn}" if p.num_exemplars is not None else
-                  f"prior.num_exemplars, by default half of the {num_train} training examples: {drawn}")
-        raise ConfigError(f"prior.k: expected at most {available} ({source}"
-                          f"{', less one for leave-one-out' if p.leave_one_out else ''}), got {p.k}")
 
 
 def build_index(cfg: RunConfig) -> FaissIndex | None:
